@@ -1,0 +1,13 @@
+"""fairseq plugin: ``fairseq-train --user-dir fairseq_longformer``.
+
+Importing it (which ``--user-dir`` does) registers the plugin's models, tasks and criterions and makes
+fairseq checkpoints loadable under torch's safe ``weights_only`` unpickler.
+"""
+
+from .safe_load import allow_fairseq_checkpoints
+
+allow_fairseq_checkpoints()
+
+# fairseq only imports the top package of a --user-dir; registration happens on import, so every
+# module of these sub-packages is imported here (criterions are not auto-imported otherwise).
+from . import criterions, models, tasks  # noqa: E402,F401

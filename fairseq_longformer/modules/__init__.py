@@ -1,0 +1,1 @@
+"""Building blocks shared by the plugin's models (attention module, position terms)."""

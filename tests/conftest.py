@@ -1,0 +1,15 @@
+import os
+
+import pytest
+import torch
+
+# Triton kernels run on CPU tensors under the interpreter; it must be set before any kernel is defined.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
