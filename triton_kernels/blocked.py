@@ -1,0 +1,182 @@
+"""The ``torch`` backend: blocked sliding-window attention over ``scaled_dot_product_attention``.
+
+O(T·w) time and memory, forward and backward through autograd, no T x T tensor anywhere.
+
+* **Blocks.** Queries are cut into blocks of ``b``; block ``j`` only needs the key span reaching
+  ``reach`` keys before (and, non-causal, after) it. Spans are overlapping views (``unfold``) of the
+  padded keys, so a single batched SDPA call scores every block against its own span under one
+  shared band mask.
+* **Dilation.** Heads with dilation ``d`` see only keys in their query's residue class mod ``d``.
+  Regrouping tokens by residue (NATTEN's trick) turns the dilated window into a contiguous one on
+  ``d`` sequences of length ``T/d``: the same work as no dilation.
+* **Global tokens.** Their local keys form one extra key block that every query sees (minus those
+  already inside its window, so no key counts twice); their queries are ``G`` extra rows, scored
+  with the global projections against every key.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from .api import AttentionSpec
+from .masks import band, in_window, reach
+
+# Query block length. Spans cost (b + 2*reach) keys per block for 2*reach + 1 useful ones; smaller
+# blocks waste less but give SDPA smaller matmuls. Measured on CPU (benchmarks/attention_cpu.py).
+MIN_BLOCK = 32
+MAX_BLOCK = 256
+
+
+def attention(spec: AttentionSpec) -> torch.Tensor:
+    q, k, v = spec.q, spec.k, spec.v
+    B, H, T, D = q.shape
+    out_dtype = q.dtype
+    if q.dtype in (torch.float16, torch.bfloat16) and not q.is_cuda:
+        # The CPU SDPA kernels may keep half-precision softmax; the contract says float32.
+        q, k, v = q.float(), k.float(), v.float()
+
+    padding = spec.key_padding_mask
+    globals_ = _GlobalTokens.gather(spec.global_mask) if spec.global_mask is not None else None
+    if globals_ is not None and globals_.index.shape[1] == 0:
+        globals_ = None  # a global_mask with no True in it
+
+    heads_by_dilation: dict[int, list[int]] = {}
+    for head, d in enumerate(spec.dilation):
+        heads_by_dilation.setdefault(d, []).append(head)
+
+    parts, order = [], []
+    for d, heads in heads_by_dilation.items():
+        index = None if len(heads) == H else torch.tensor(heads, device=q.device)
+        pick = (lambda t: t) if index is None else (lambda t: t.index_select(1, index))
+        extra = None
+        if globals_ is not None:
+            extra = (globals_.take(pick(k)), globals_.take(pick(v)))
+        parts.append(_dilated_window(pick(q), pick(k), pick(v), d, spec, padding, globals_, extra))
+        order += heads
+    out = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
+    if order != list(range(H)):
+        out = out.index_select(1, torch.tensor(order, device=q.device).argsort())
+
+    if globals_ is not None:
+        out = globals_.overwrite_rows(out, _global_rows(spec, globals_, padding, q.dtype))
+    if padding is not None:
+        out = out.masked_fill(padding[:, None, :, None], 0.0)
+    return out.to(out_dtype)
+
+
+class _GlobalTokens:
+    """Positions of each row's global tokens, left-aligned and padded to the batch's largest count."""
+
+    def __init__(self, index: torch.Tensor, valid: torch.Tensor):
+        self.index = index  # [B, G] token positions
+        self.valid = valid  # [B, G] False for the fill entries of rows with fewer globals
+
+    @classmethod
+    def gather(cls, global_mask: torch.Tensor) -> "_GlobalTokens":
+        count = int(global_mask.sum(dim=1).max())
+        # A stable sort puts each row's global positions first, in order.
+        index = torch.argsort((~global_mask).to(torch.int8), dim=1, stable=True)[:, :count]
+        return cls(index, global_mask.gather(1, index))
+
+    def take(self, x: torch.Tensor) -> torch.Tensor:
+        """``[B, H, T, D] -> [B, H, G, D]`` at the global positions."""
+        B, H, _, D = x.shape
+        return x.gather(2, self.index[:, None, :, None].expand(B, H, -1, D))
+
+    def overwrite_rows(self, out: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """Replace the global tokens' output rows by ``rows`` (fill entries keep what was there)."""
+        B, H, _, D = out.shape
+        index = self.index[:, None, :, None].expand(B, H, -1, D)
+        rows = torch.where(self.valid[:, None, :, None], rows.to(out.dtype), out.gather(2, index))
+        return out.scatter(2, index, rows)
+
+
+def _global_rows(spec: AttentionSpec, globals_: _GlobalTokens, padding, compute_dtype) -> torch.Tensor:
+    """Global queries attend every non-padding key with the global projections: ``[B, H, G, D]``."""
+    q_rows = globals_.take(spec.q_global).to(compute_dtype)
+    keys_ok = torch.ones_like(spec.global_mask) if padding is None else ~padding
+    # Fill rows (not real globals) see every key so their softmax is defined; they are discarded.
+    allowed = keys_ok[:, None, None, :] | ~globals_.valid[:, None, :, None]
+    return F.scaled_dot_product_attention(
+        q_rows, spec.k_global.to(compute_dtype), spec.v_global.to(compute_dtype),
+        attn_mask=allowed, dropout_p=spec.dropout_p, scale=spec.scale,
+    )
+
+
+def _dilated_window(q, k, v, d: int, spec: AttentionSpec, padding, globals_, extra) -> torch.Tensor:
+    """Window attention for heads sharing dilation ``d``: ``[B, Hg, T, D] -> [B, Hg, T, D]``."""
+    B, Hg, T, D = q.shape
+    n = math.ceil(T / d)
+    # Token t = i*d + r goes to residue sequence r at index i: [B, Hg, d, n, D].
+    q, k, v = (_by_residue(x, d, n) for x in (q, k, v))
+    position = torch.arange(n * d, device=q.device).view(n, d).t()  # [d, n]
+    key_ok = (position < T).expand(B, d, n)
+    if padding is not None:
+        key_ok = key_ok & ~F.pad(padding, (0, n * d - T)).view(B, n, d).transpose(1, 2)
+    extra_mask = None
+    if extra is not None:
+        # Global keys already inside the query's window are scored there; don't count them twice.
+        delta = position[None, :, :, None] - globals_.index[:, None, None, :]  # [B, d, n, G]
+        extra_mask = globals_.valid[:, None, None, :] & ~in_window(delta, spec.window, d, spec.causal)
+        extra = tuple(x[:, :, None].expand(B, Hg, d, *x.shape[2:]) for x in extra)
+    out = _banded(q, k, v, key_ok, spec, extra, extra_mask)  # [B, Hg, d, n, D]
+    return out.transpose(2, 3).reshape(B, Hg, n * d, D)[:, :, :T]
+
+
+def _by_residue(x: torch.Tensor, d: int, n: int) -> torch.Tensor:
+    """``[B, H, T, D] -> [B, H, d, n, D]`` grouping tokens by position mod ``d`` (zero-padded to n*d)."""
+    B, H, T, D = x.shape
+    x = F.pad(x, (0, 0, 0, n * d - T))
+    return x.view(B, H, n, d, D).transpose(2, 3)
+
+
+def _banded(q, k, v, key_ok, spec: AttentionSpec, extra, extra_mask) -> torch.Tensor:
+    """Undilated window attention on ``[B, Hg, S, n, D]`` (``S`` residue sequences).
+
+    ``key_ok`` ``[B, S, n]`` marks real, non-padding tokens; padding queries see every key (their
+    output is zeroed by the caller) so that no softmax row is empty. ``extra`` are ``G`` keys/values
+    ``[B, Hg, S, G, D]`` appended to every block, visible where ``extra_mask`` ``[B, S, n, G]``.
+    """
+    B, Hg, S, n, D = q.shape
+    # Keys further than n - 1 away don't exist: cap the reach so short sequences pay nothing extra.
+    before = min(reach(spec.window, spec.causal), n - 1)
+    after = 0 if spec.causal else before
+    window = before if spec.causal else 2 * before
+    block = min(n, max(MIN_BLOCK, min(MAX_BLOCK, before)))
+    blocks = math.ceil(n / block)
+    span = before + block + after
+    n_pad = blocks * block
+
+    def spans(x, fill):  # [..., n, *] -> [..., blocks, span, *] overlapping key spans
+        x = F.pad(x, (0, 0, before, n_pad - n + after), value=fill)
+        return x.unfold(-2, span, block).transpose(-1, -2)
+
+    def query_blocks(x, fill):  # [..., n, *] -> [..., blocks, block, *]
+        x = F.pad(x, (0, 0, 0, n_pad - n), value=fill)
+        return x.view(*x.shape[:-2], blocks, block, x.shape[-1])
+
+    qb = query_blocks(q, 0.0)
+    kb, vb = spans(k, 0.0), spans(v, 0.0)
+    ok = spans(key_ok[..., None], False)[..., 0]  # [B, S, blocks, span]
+    query_pad = query_blocks(~key_ok[..., None], True)  # [B, S, blocks, block, 1]
+    mask = band(block, span, window, spec.causal).to(q.device) & ok[..., None, :]
+    if extra is not None:
+        kb = torch.cat([kb, extra[0][:, :, :, None].expand(-1, -1, -1, blocks, -1, -1)], dim=-2)
+        vb = torch.cat([vb, extra[1][:, :, :, None].expand(-1, -1, -1, blocks, -1, -1)], dim=-2)
+        mask = torch.cat([mask, query_blocks(extra_mask, False)], dim=-1)
+    mask = mask | query_pad
+
+    # SDPA's fused kernels want 4-d inputs; heads go in SDPA's head dim so the mask broadcasts over them.
+    def as_4d(x):  # [B, Hg, S, blocks, L, D] -> [B*S*blocks, Hg, L, D]
+        return x.permute(0, 2, 3, 1, 4, 5).reshape(B * S * blocks, Hg, x.shape[-2], D)
+
+    out = F.scaled_dot_product_attention(
+        as_4d(qb), as_4d(kb), as_4d(vb),
+        attn_mask=mask.reshape(B * S * blocks, 1, block, mask.shape[-1]),
+        dropout_p=spec.dropout_p, scale=spec.scale,
+    )
+    out = out.view(B, S, blocks, Hg, block, D).permute(0, 3, 1, 2, 4, 5)
+    return out.reshape(B, Hg, S, n_pad, D)[..., :n, :]
