@@ -1,0 +1,284 @@
+"""``backend="triton"``: fused flash-style Longformer attention, forward and backward.
+
+Launch plan (all on one stream, in this order):
+
+forward   1. ``local_fwd_kernel``   non-global queries: window key tiles (edge tiles masked, interior
+                                    not) + the global tokens as extra key tiles; online softmax.
+          2. ``global_fwd_kernel``  global queries over every key; overwrites their output rows.
+backward  1. ``local_bwd_dkdv_kernel``  per key tile, over the query tiles that reach it.
+          2. ``local_bwd_dq_kernel``    per query tile, window + global key tiles.
+          3. ``global_keys_bwd_kernel`` adds what local queries sent to the global keys' k/v.
+          4. ``global_bwd_dq_kernel``, ``global_bwd_dkdv_kernel``: grads of q/k/v_global.
+
+Memory is O(T*D) plus one float32 log-sum-exp per (batch, head, token); no score tensor is stored.
+Dropout is exact and in-kernel: Philox keyed by (seed, flat pair index), regenerated in backward.
+
+Block sizes default to 64x64 on CUDA and 16x16 under ``TRITON_INTERPRET=1`` (CPU tests); change them
+with :func:`use_config` (benchmarks, tests of tile-boundary behaviour).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass
+from typing import Iterator
+
+import torch
+import triton
+
+from .api import AttentionSpec
+from .triton_global import (global_bwd_dkdv_kernel, global_bwd_dq_kernel, global_fwd_kernel,
+                            global_keys_bwd_kernel)
+from .triton_local import local_bwd_dkdv_kernel, local_bwd_dq_kernel, local_fwd_kernel
+from .triton_schedule import reaches, schedule
+
+_LOG2E = 1.4426950408889634
+SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+@dataclass(frozen=True)
+class TritonConfig:
+    """Tile sizes and launch options. ``block_m`` = query rows per tile, ``block_n`` = keys per tile."""
+
+    block_m: int = 64
+    block_n: int = 64
+    num_warps: int = 4
+    num_stages: int = 2
+
+    def __post_init__(self):
+        for name in ("block_m", "block_n"):
+            size = getattr(self, name)
+            if size < 16 or size & (size - 1):
+                raise ValueError(f"{name} must be a power of two >= 16 (tl.dot's minimum), got {size}")
+
+
+_INTERPRETER_CONFIG = TritonConfig(block_m=16, block_n=16, num_warps=1, num_stages=1)
+_override: TritonConfig | None = None
+
+
+@contextlib.contextmanager
+def use_config(config: TritonConfig) -> Iterator[TritonConfig]:
+    """Run the enclosed ``backend="triton"`` calls with ``config`` (forward *and* backward)."""
+    global _override
+    previous, _override = _override, config
+    try:
+        yield config
+    finally:
+        _override = previous
+
+
+def _default_config(device: torch.device) -> TritonConfig:
+    if _override is not None:
+        return _override
+    return TritonConfig() if device.type == "cuda" else _INTERPRETER_CONFIG
+
+
+def attention(spec: AttentionSpec) -> torch.Tensor:
+    """The registry entry for ``backend="triton"`` (see ``api._BACKENDS``)."""
+    q = spec.q
+    _check_runnable(q)
+    plan = _Plan.build(spec, _default_config(q.device))
+    if q.numel() == 0:
+        return torch.zeros_like(q)
+    return _TritonAttention.apply(plan, q, spec.k, spec.v, spec.q_global, spec.k_global, spec.v_global)
+
+
+def _check_runnable(q: torch.Tensor) -> None:
+    if q.dtype not in SUPPORTED_DTYPES:
+        raise ValueError(
+            f"backend='triton' takes float32, float16 or bfloat16 inputs, got {q.dtype}; "
+            "use backend='torch' (or 'dense') for other dtypes"
+        )
+    if not q.is_cuda and os.environ.get("TRITON_INTERPRET") != "1":
+        raise ValueError(
+            f"backend='triton' needs CUDA tensors, got a tensor on {q.device}; use backend='torch' on CPU "
+            "(or set TRITON_INTERPRET=1 before importing triton_kernels to debug the kernels on CPU)"
+        )
+
+
+@dataclass
+class _Plan:
+    """Everything a launch needs besides q/k/v: constants, tile plans, masks turned into kernel inputs."""
+
+    config: TritonConfig
+    shape: tuple[int, int, int, int]
+    scale: float
+    dropout_p: float
+    seed: int
+    reach_left: int
+    reach_right: int
+    dilation: torch.Tensor  # [H] int32
+    q_plan: tuple[torch.Tensor, torch.Tensor]  # query-tile plan (forward, dq)
+    k_plan: tuple[torch.Tensor, torch.Tensor]  # key-tile plan (dk, dv)
+    key_bias: torch.Tensor | None  # [B, T] f32: -inf on padding and global keys (local pass)
+    pad_bias: torch.Tensor | None  # [B, T] f32: -inf on padding keys (global pass)
+    gidx: torch.Tensor | None  # [B, G] int32 global token positions, in order
+    gcount: torch.Tensor | None  # [B] int32
+    g_max: int
+    precision: str
+
+    @staticmethod
+    def build(spec: AttentionSpec, config: TritonConfig) -> "_Plan":
+        q = spec.q
+        B, H, T, D = q.shape
+        device = q.device
+        left, right = reaches(spec.window, spec.causal)
+        q_plan = schedule(T, spec.dilation, left, right, config.block_m, config.block_n, device)
+        k_plan = schedule(T, spec.dilation, right, left, config.block_n, config.block_m, device)
+
+        pad, glob = spec.key_padding_mask, spec.global_mask
+        excluded = None
+        if pad is not None:
+            excluded = pad
+        gidx = gcount = None
+        g_max = 0
+        if glob is not None:
+            gcount = glob.sum(dim=1, dtype=torch.int32)
+            g_max = int(gcount.max()) if B else 0
+            if g_max > 0:
+                # stable sort puts each row's global positions first, in sequence order
+                order = torch.sort((~glob).to(torch.int8), dim=1, stable=True).indices
+                gidx = order[:, :g_max].to(torch.int32).contiguous()
+                excluded = glob if excluded is None else (excluded | glob)
+        key_bias = None if excluded is None else _neg_inf_where(excluded)
+        pad_bias = None if pad is None else _neg_inf_where(pad)
+
+        seed = 0
+        if spec.dropout_p > 0:
+            # drawn from torch's default generator, so torch.manual_seed makes dropout reproducible
+            seed = int(torch.randint(0, 2**31 - 1, (1,)).item())
+        fp32_tf32 = q.is_cuda and torch.backends.cuda.matmul.allow_tf32
+        precision = "tf32" if (q.dtype != torch.float32 or fp32_tf32) else "ieee"
+        return _Plan(config, (B, H, T, D), spec.scale, spec.dropout_p, seed, left, right,
+                     torch.tensor(spec.dilation, dtype=torch.int32, device=device), q_plan, k_plan,
+                     key_bias, pad_bias, gidx if g_max else None, gcount if g_max else None, g_max, precision)
+
+    @property
+    def has_global(self) -> bool:
+        return self.g_max > 0
+
+    def common(self) -> dict:
+        B, H, T, D = self.shape
+        return dict(BLOCK_M=self.config.block_m, BLOCK_N=self.config.block_n,
+                    BLOCK_D=max(16, triton.next_power_of_2(D)), PRECISION=self.precision,
+                    DROPOUT=self.dropout_p > 0, num_warps=self.config.num_warps,
+                    num_stages=self.config.num_stages)
+
+
+def _neg_inf_where(mask: torch.Tensor) -> torch.Tensor:
+    return torch.zeros(mask.shape, dtype=torch.float32, device=mask.device).masked_fill(mask, float("-inf")).contiguous()
+
+
+def _strides(t: torch.Tensor) -> tuple[int, int, int, int]:
+    return tuple(t.stride())
+
+
+def _or_dummy(t: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
+    # Triton needs a pointer even where a constexpr flag makes the kernel ignore the argument.
+    return t if t is not None else like
+
+
+def _forward(plan: _Plan, q, k, v, qg, kg, vg) -> tuple[torch.Tensor, torch.Tensor]:
+    B, H, T, D = plan.shape
+    cfg = plan.config
+    out = torch.empty((B, H, T, D), dtype=q.dtype, device=q.device)
+    lse = torch.full((B, H, T), float("inf"), dtype=torch.float32, device=q.device)
+    table, n_tiles = plan.q_plan
+    dummy_f = lse
+    dummy_i = n_tiles
+    qk_scale = plan.scale * _LOG2E
+    local_fwd_kernel[(table.shape[1], B * H)](
+        q, k, v, out, lse, _or_dummy(plan.key_bias, dummy_f), _or_dummy(plan.gidx, dummy_i),
+        _or_dummy(plan.gcount, dummy_i), table, n_tiles, plan.dilation,
+        *_strides(q), *_strides(k), *_strides(v), *_strides(out),
+        H, T, D, table.shape[1], plan.g_max, qk_scale, plan.reach_left, plan.reach_right,
+        plan.dropout_p, plan.seed,
+        HAS_BIAS=plan.key_bias is not None, HAS_GLOBAL=plan.has_global, **plan.common(),
+    )
+    if plan.has_global:
+        global_fwd_kernel[(triton.cdiv(plan.g_max, cfg.block_m), B * H)](
+            qg, kg, vg, out, lse, _or_dummy(plan.pad_bias, dummy_f), plan.gidx, plan.gcount,
+            *_strides(qg), *_strides(kg), *_strides(vg), *_strides(out),
+            H, T, D, plan.g_max, qk_scale, plan.dropout_p, plan.seed,
+            HAS_PAD=plan.pad_bias is not None, **plan.common(),
+        )
+    return out, lse
+
+
+def _backward(plan: _Plan, dout, q, k, v, qg, kg, vg, out, lse):
+    B, H, T, D = plan.shape
+    cfg = plan.config
+    dout = dout.to(q.dtype)
+    # Delta_i = sum_j P_ij dP_ij = dO_i . O_i (holds with dropout too); O is 0 on padding rows.
+    delta = (dout.float() * out.float()).sum(-1).contiguous()
+    dq, dk, dv = (torch.empty((B, H, T, D), dtype=q.dtype, device=q.device) for _ in range(3))
+    qk_scale = plan.scale * _LOG2E
+    key_bias = _or_dummy(plan.key_bias, delta)
+    q_table, q_tiles = plan.q_plan
+    k_table, k_tiles = plan.k_plan
+    common = plan.common()
+    local_bwd_dkdv_kernel[(k_table.shape[1], B * H)](
+        q, k, v, dout, dk, dv, lse, delta, key_bias, k_table, k_tiles, plan.dilation,
+        *_strides(q), *_strides(k), *_strides(v), *_strides(dout), *_strides(dk), *_strides(dv),
+        H, T, D, k_table.shape[1], qk_scale, plan.scale, plan.reach_left, plan.reach_right,
+        plan.dropout_p, plan.seed, HAS_BIAS=plan.key_bias is not None, **common,
+    )
+    local_bwd_dq_kernel[(q_table.shape[1], B * H)](
+        q, k, v, dout, dq, lse, delta, key_bias, _or_dummy(plan.gidx, q_tiles), _or_dummy(plan.gcount, q_tiles),
+        q_table, q_tiles, plan.dilation,
+        *_strides(q), *_strides(k), *_strides(v), *_strides(dout), *_strides(dq),
+        H, T, D, q_table.shape[1], plan.g_max, qk_scale, plan.scale, plan.reach_left, plan.reach_right,
+        plan.dropout_p, plan.seed, HAS_BIAS=plan.key_bias is not None, HAS_GLOBAL=plan.has_global, **common,
+    )
+    if not plan.has_global:
+        return dq, dk, dv, None, None, None
+
+    global_keys_bwd_kernel[(triton.cdiv(plan.g_max, cfg.block_n), B * H)](
+        q, k, v, dout, dk, dv, lse, delta, plan.key_bias, plan.gidx, plan.gcount,
+        *_strides(q), *_strides(k), *_strides(v), *_strides(dout), *_strides(dk), *_strides(dv),
+        H, T, D, plan.g_max, qk_scale, plan.scale, plan.dropout_p, plan.seed, **common,
+    )
+    pad_bias = _or_dummy(plan.pad_bias, delta)
+    dqg = torch.zeros((B, H, T, D), dtype=q.dtype, device=q.device)  # only global rows are written
+    dkg, dvg = (torch.empty((B, H, T, D), dtype=q.dtype, device=q.device) for _ in range(2))
+    global_bwd_dq_kernel[(triton.cdiv(plan.g_max, cfg.block_m), B * H)](
+        qg, kg, vg, dout, dqg, lse, delta, pad_bias, plan.gidx, plan.gcount,
+        *_strides(qg), *_strides(kg), *_strides(vg), *_strides(dout), *_strides(dqg),
+        H, T, D, plan.g_max, qk_scale, plan.scale, plan.dropout_p, plan.seed,
+        HAS_PAD=plan.pad_bias is not None, **common,
+    )
+    global_bwd_dkdv_kernel[(triton.cdiv(T, cfg.block_n), B * H)](
+        qg, kg, vg, dout, dkg, dvg, lse, delta, pad_bias, plan.gidx, plan.gcount,
+        *_strides(qg), *_strides(kg), *_strides(vg), *_strides(dout), *_strides(dkg), *_strides(dvg),
+        H, T, D, plan.g_max, qk_scale, plan.scale, plan.dropout_p, plan.seed,
+        HAS_PAD=plan.pad_bias is not None, **common,
+    )
+    return dq, dk, dv, dqg, dkg, dvg
+
+
+class _TritonAttention(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, plan: _Plan, q, k, v, qg, kg, vg):
+        out, lse = _forward(plan, q, k, v, qg, kg, vg)
+        ctx.plan = plan
+        ctx.save_for_backward(q, k, v, qg, kg, vg, out, lse)
+        return out
+
+    @staticmethod
+    def backward(ctx, dout):
+        q, k, v, qg, kg, vg, out, lse = ctx.saved_tensors
+        grads = _backward(ctx.plan, dout, q, k, v, qg, kg, vg, out, lse)
+        if qg is None:
+            grads = grads[:3] + (None, None, None)
+        elif grads[3] is None:  # global_mask given but no token is global: zero grads, right shape
+            grads = grads[:3] + tuple(torch.zeros_like(t) for t in (qg, kg, vg))
+        return (None, *grads)
+
+
+def tile_flops(seq_len: int, window: int, heads: int, head_dim: int) -> float:
+    """Useful forward FLOPs of windowed attention, ``4*T*(w+1)*D*H`` (two matmuls, 2 FLOPs per MAC)."""
+    return 4.0 * seq_len * (window + 1) * head_dim * heads
+
+
+__all__ = ["TritonConfig", "attention", "use_config", "SUPPORTED_DTYPES", "tile_flops"]
