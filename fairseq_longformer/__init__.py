@@ -11,3 +11,4 @@ allow_fairseq_checkpoints()
 # fairseq only imports the top package of a --user-dir; registration happens on import, so every
 # module of these sub-packages is imported here (criterions are not auto-imported otherwise).
 from . import criterions, models, tasks  # noqa: E402,F401
+from .models.longformer_roberta import LongformerRobertaModel  # noqa: E402,F401  hub: .from_pretrained(DIR)

@@ -134,15 +134,10 @@ def longformer_cfg(cfg, source_positions: int, options: ConversionOptions):
     return cfg
 
 
-def convert(input_dir: str, output_dir: str, options: ConversionOptions, overwrite: bool = False):
-    """Convert and write ``output_dir``; returns the (in-memory) Longformer model."""
+def build_longformer(roberta_dir: str, options: ConversionOptions):
+    """Convert in memory: returns ``(cfg, longformer_model, roberta_model)``; nothing is written."""
     _check_options(options)
-    if os.path.abspath(input_dir) == os.path.abspath(output_dir):
-        raise ConversionError("--output must differ from --input (the source directory is never modified)")
-    if os.path.exists(os.path.join(output_dir, "model.pt")) and not overwrite:
-        raise ConversionError(f"{output_dir}/model.pt exists; pass --overwrite or choose another --output")
-
-    cfg, task, roberta = load_roberta(input_dir)
+    cfg, _, roberta = load_roberta(roberta_dir)
     source_positions = roberta.encoder.sentence_encoder.embed_positions.weight.shape[0] - PADDING_OFFSET_ROWS
     if options.max_positions < source_positions:
         raise ConversionError(
@@ -150,25 +145,36 @@ def convert(input_dir: str, output_dir: str, options: ConversionOptions, overwri
             "positions can only be extended"
         )
     num_layers = len(roberta.encoder.sentence_encoder.layers)
-    parse_attention_windows(options.attention_window, num_layers)  # per-layer list must match the depth
+    try:
+        parse_attention_windows(options.attention_window, num_layers)
+    except ValueError as err:
+        raise ConversionError(str(err)) from None
 
     new_cfg = longformer_cfg(cfg, source_positions, options)
     new_state = longformer_state_dict(roberta.state_dict(), num_layers, options)
-    with open_dict(new_cfg):
-        new_cfg.task.data = os.path.abspath(input_dir)
     longformer = tasks.setup_task(new_cfg.task).build_model(new_cfg.model)
     longformer.load_state_dict(new_state, strict=True, model_cfg=new_cfg.model)  # proves the names line up
+    return new_cfg, longformer, roberta
+
+
+def convert(input_dir: str, output_dir: str, options: ConversionOptions, overwrite: bool = False):
+    """Convert and write ``output_dir`` (``model.pt`` + ``dict.txt`` + BPE files); returns the model."""
+    if os.path.abspath(input_dir) == os.path.abspath(output_dir):
+        raise ConversionError("--output must differ from --input (the source directory is never modified)")
+    if os.path.exists(os.path.join(output_dir, "model.pt")) and not overwrite:
+        raise ConversionError(f"{output_dir}/model.pt exists; pass --overwrite or choose another --output")
+    cfg, longformer, roberta = build_longformer(input_dir, options)
 
     os.makedirs(output_dir, exist_ok=True)
     for name in COPIED_FILES:
         source = os.path.join(input_dir, name)
         if os.path.isfile(source):
             _atomic_write(os.path.join(output_dir, name), lambda tmp, src=source: shutil.copyfile(src, tmp))
-    checkpoint = _checkpoint(new_cfg, longformer.state_dict())
+    checkpoint = _checkpoint(cfg, longformer.state_dict())
     _atomic_write(os.path.join(output_dir, "model.pt"), lambda tmp: torch.save(checkpoint, tmp))
-    logger.info("wrote %s: %d layers, positions %d -> %d (%s), attention window %s",
-                output_dir, num_layers, source_positions, options.max_positions,
-                options.position_init, options.attention_window)
+    logger.info("wrote %s: %d layers, positions %d -> %d (%s), attention window %s", output_dir,
+                len(roberta.encoder.sentence_encoder.layers), cfg.model.roberta_max_positions,
+                options.max_positions, options.position_init, options.attention_window)
     return longformer
 
 
@@ -202,8 +208,9 @@ def _atomic_write(path: str, write) -> None:
 
 
 def _model_name(model_cfg) -> str | None:
-    return getattr(model_cfg, "_name", None) or getattr(model_cfg, "arch", None) if isinstance(model_cfg, Namespace) \
-        else (model_cfg.get("_name") or model_cfg.get("arch"))
+    if isinstance(model_cfg, Namespace):
+        return getattr(model_cfg, "_name", None) or getattr(model_cfg, "arch", None)
+    return model_cfg.get("_name") or model_cfg.get("arch")
 
 
 def _check_options(options: ConversionOptions) -> None:

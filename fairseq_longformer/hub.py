@@ -48,10 +48,13 @@ def load_longformer_roberta(model_dir: str, checkpoint_file: str = "model.pt", d
     if not os.path.isdir(model_dir):
         raise ValueError(f"{model_dir!r} is not a directory; give a local directory holding model.pt and dict.txt "
                          "(this loader never downloads)")
-    for name in checkpoint_file.split(os.pathsep) + ["dict.txt"]:
-        if not os.path.isfile(os.path.join(model_dir, data_name_or_path if name == "dict.txt" else "", name)):
-            raise ValueError(f"{os.path.join(model_dir, name)} is missing; convert a RoBERTa directory with "
-                             "longformer-convert-roberta first")
+    # fairseq's rule: a data path starting with "." is relative to model_dir
+    data_dir = os.path.join(model_dir, data_name_or_path) if data_name_or_path.startswith(".") else data_name_or_path
+    needed = [os.path.join(model_dir, name) for name in checkpoint_file.split(os.pathsep)]
+    for path in needed + [os.path.join(data_dir, "dict.txt")]:
+        if not os.path.isfile(path):
+            raise ValueError(f"{path} is missing; convert a RoBERTa directory with longformer-convert-roberta "
+                             "(or point data_name_or_path at a directory with the dictionary)")
     if bpe == "gpt2":
         for arg, name in GPT2_BPE_FILES.items():
             path = os.path.join(model_dir, name)

@@ -1,0 +1,148 @@
+"""A tiny RoBERTa built and saved by fairseq itself, and tiny masked-LM data (no downloads).
+
+``make_roberta_dir(path, legacy=...)`` writes ``model.pt`` + ``dict.txt`` the way fairseq does:
+``legacy=False`` through fairseq's ``Trainer.save_checkpoint`` (current key names, ``cfg``);
+``legacy=True`` like the released RoBERTa checkpoints (``args`` Namespace, ``decoder.*`` keys,
+``emb_layer_norm``, no ``version`` buffer).
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import torch
+
+import fairseq_longformer  # noqa: F401
+from fairseq import options, tasks
+from fairseq.data import Dictionary, indexed_dataset
+from fairseq.dataclass.utils import convert_namespace_to_omegaconf
+from fairseq.trainer import Trainer
+
+VOCAB = 60
+TINY = dict(layers=2, embed_dim=32, ffn_dim=64, heads=4, max_positions=32)
+
+
+def write_dictionary(directory: str, vocab: int = VOCAB) -> Dictionary:
+    os.makedirs(directory, exist_ok=True)
+    with open(os.path.join(directory, "dict.txt"), "w") as f:
+        for i in range(vocab):
+            f.write(f"w{i} {1000 - i}\n")
+    return Dictionary.load(os.path.join(directory, "dict.txt"))
+
+
+def write_split(directory: str, split: str, dictionary: Dictionary, n_lines: int, seed: int) -> None:
+    """fairseq ``.bin``/``.idx`` of lines of words drawn from a skewed (learnable) distribution."""
+    rng = np.random.default_rng(seed)
+    words = len(dictionary) - dictionary.nspecial
+    probs = 1.0 / np.arange(1, words + 1)
+    probs /= probs.sum()
+    prefix = os.path.join(directory, split)
+    builder = indexed_dataset.make_builder(prefix + ".bin", "mmap", vocab_size=len(dictionary))
+    for _ in range(n_lines):
+        ids = rng.choice(words, size=int(rng.integers(8, 40)), p=probs) + dictionary.nspecial
+        builder.add_item(torch.tensor(list(ids) + [dictionary.eos()], dtype=torch.int64))
+    builder.finalize(prefix + ".idx")
+
+
+def write_data(directory: str, vocab: int = VOCAB, train_lines: int = 200, valid_lines: int = 40) -> str:
+    dictionary = write_dictionary(directory, vocab)
+    write_split(directory, "train", dictionary, train_lines, seed=1)
+    write_split(directory, "valid", dictionary, valid_lines, seed=2)
+    return directory
+
+
+def roberta_args(data_dir: str, arch: str = "roberta", **tiny):
+    t = {**TINY, **tiny}
+    parser = options.get_training_parser()
+    return options.parse_args_and_arch(parser, [
+        data_dir, "--task", "masked_lm", "--criterion", "masked_lm", "--arch", arch,
+        "--encoder-layers", str(t["layers"]), "--encoder-embed-dim", str(t["embed_dim"]),
+        "--encoder-ffn-embed-dim", str(t["ffn_dim"]), "--encoder-attention-heads", str(t["heads"]),
+        "--max-positions", str(t["max_positions"]), "--tokens-per-sample", str(t["max_positions"]),
+        "--optimizer", "adam", "--lr", "1e-4", "--max-tokens", "512", "--cpu",
+        "--dropout", "0", "--attention-dropout", "0",
+    ])
+
+
+def make_roberta_dir(directory: str, legacy: bool = False, seed: int = 0, **tiny) -> str:
+    """Build a tiny RoBERTa with fairseq, give every weight a distinct random value, save it."""
+    write_dictionary(directory)
+    args = roberta_args(directory, **tiny)
+    task = tasks.setup_task(args)
+    model = task.build_model(args)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            p.copy_(torch.randn(p.shape, generator=generator) * (0.3 if "norm" in name else 0.1))
+            if "norm" in name and name.endswith("weight"):
+                p.add_(1.0)
+        padding = task.source_dictionary.pad()
+        model.encoder.sentence_encoder.embed_tokens.weight[padding].zero_()
+        model.encoder.sentence_encoder.embed_positions.weight[padding].zero_()
+    path = os.path.join(directory, "model.pt")
+    if legacy:
+        torch.save(_legacy_checkpoint(args, model.state_dict()), path)
+    else:
+        cfg = convert_namespace_to_omegaconf(args)
+        trainer = Trainer(cfg, task, model, task.build_criterion(cfg.criterion))
+        trainer.consolidate_optimizer()  # as fairseq's checkpoint_utils.save_checkpoint does
+        trainer.save_checkpoint(path, {"train_iterator": {"epoch": 1, "iterations_in_epoch": 0, "version": 2}})
+    return directory
+
+
+def _legacy_checkpoint(args, state: dict) -> dict:
+    """The layout of the 2019 released RoBERTa checkpoints."""
+    renamed = {}
+    for key, value in state.items():
+        if key.endswith("sentence_encoder.version"):
+            continue
+        key = "decoder" + key[len("encoder"):] if key.startswith("encoder.") else key
+        renamed[key.replace(".layernorm_embedding.", ".emb_layer_norm.")] = value
+    return {
+        "args": args,
+        "model": renamed,
+        "optimizer_history": [{"criterion_name": "MaskedLmLoss", "optimizer_name": "FairseqAdam",
+                               "lr_scheduler_state": {"best": None}, "num_updates": 0}],
+        "extra_state": {"train_iterator": {"epoch": 1, "iterations_in_epoch": 0}},
+        "last_optimizer_state": None,
+    }
+
+
+def load_longformer(directory: str, **overrides):
+    """The converted/trained Longformer model in ``directory/model.pt`` (fairseq's own loader)."""
+    from fairseq import checkpoint_utils
+
+    models, _ = checkpoint_utils.load_model_ensemble(
+        [os.path.join(directory, "model.pt")], arg_overrides={"data": directory, **overrides}
+    )
+    return models[0]
+
+
+def ddp_worker(rank: int, world_size: int, port: int, model_dir: str, keep_global_in_graph: bool, results):
+    """One rank of a 2-process CPU DistributedDataParallel MLM step without global tokens."""
+    import torch.distributed as dist
+    import torch.nn.functional as F
+
+    from fairseq_longformer.modules import longformer_self_attention as lsa
+
+    torch.set_num_threads(1)
+    if not keep_global_in_graph:  # the control: what DDP sees without the zero-valued term
+        lsa.LongformerSelfAttention._keep_global_projections_in_graph = lambda self, out: out
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size)
+    try:
+        model = load_longformer(model_dir)
+        model.train()
+        ddp = torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=False)
+        generator = torch.Generator().manual_seed(rank)
+        for _ in range(2):  # DDP reports unused parameters at the start of the second step
+            tokens = torch.randint(4, VOCAB, (2, 40), generator=generator)
+            logits, _ = ddp(tokens)
+            loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), tokens.reshape(-1))
+            loss.backward()
+        grad = model.encoder.sentence_encoder.layers[0].self_attn.q_global.weight.grad
+        results.put((rank, "ok", None if grad is None else float(grad.abs().max())))
+    except Exception as err:  # reported to the test, which decides
+        results.put((rank, "error", f"{type(err).__name__}: {err}"))
+    finally:
+        dist.destroy_process_group()

@@ -1,0 +1,145 @@
+"""RoBERTa -> Longformer conversion: exact equivalence on short inputs, weight layout, bad inputs."""
+
+import os
+
+import pytest
+import torch
+
+import roberta_fixtures as rf
+from fairseq.models.roberta import RobertaModel
+from fairseq_longformer import LongformerRobertaModel
+from fairseq_longformer.convert_roberta import ConversionError, ConversionOptions, convert, main
+
+SOURCE_POSITIONS = rf.TINY["max_positions"]  # 32
+POSITIONS_KEY = "encoder.sentence_encoder.embed_positions.weight"
+
+
+@pytest.fixture(scope="module")
+def dirs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("roberta")
+    out = {}
+    for legacy in (False, True):
+        name = "legacy" if legacy else "current"
+        src = rf.make_roberta_dir(str(root / f"src_{name}"), legacy=legacy, seed=int(legacy))
+        convert(src, str(root / f"lf_{name}"), ConversionOptions(max_positions=128, attention_window="64"))
+        out[name] = (src, str(root / f"lf_{name}"))
+    return out
+
+
+def _tokens(lengths, seq_len, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    tokens = torch.randint(4, rf.VOCAB, (len(lengths), seq_len), generator=generator)
+    tokens[:, 0] = 0  # <s>
+    for row, n in enumerate(lengths):
+        tokens[row, n:] = 1  # padding
+    return tokens
+
+
+@pytest.mark.parametrize("kind", ["current", "legacy"])
+def test_converted_features_equal_roberta_on_inputs_shorter_than_half_the_window(dirs, kind):
+    src, lf = dirs[kind]
+    roberta = RobertaModel.from_pretrained(src, bpe=None)  # fairseq's own loader is the reference
+    longformer = LongformerRobertaModel.from_pretrained(lf)
+    roberta.eval(), longformer.eval()
+    # window 64 -> 32 keys each side; T = 31 < 32 means every token sees every other (full attention)
+    tokens = _tokens([31, 20, 9], seq_len=31)
+    real = tokens.ne(1)
+    expected = roberta.extract_features(tokens)
+    got = longformer.extract_features(tokens)
+    assert (got - expected)[real].abs().max().item() <= 1e-5
+
+    # Qg/Kg/Vg start as copies of Q/K/V, so global tokens do not change the result either here
+    global_mask = torch.zeros_like(real)
+    global_mask[0, 0] = True
+    global_mask[1, [0, 3, 7]] = True
+    got_global = longformer.extract_features(tokens, global_attention_mask=global_mask)
+    assert (got_global - expected)[real].abs().max().item() <= 1e-5
+
+
+def test_window_narrower_than_input_changes_features(dirs):
+    """The converse: once tokens fall outside the window, the outputs do differ from RoBERTa's."""
+    src, _ = dirs["current"]
+    roberta = RobertaModel.from_pretrained(src, bpe=None)
+    narrow = rf.load_longformer(dirs["current"][1], attention_window="8")
+    roberta.eval(), narrow.eval()
+    tokens = _tokens([31], seq_len=31)
+    difference = (narrow(tokens, features_only=True)[0] - roberta.extract_features(tokens)).abs().max()
+    assert difference > 1e-2
+
+
+def test_positions_copied_with_padding_rows_kept_and_global_projections_untied(dirs):
+    src, lf = dirs["current"]
+    source = torch.load(os.path.join(src, "model.pt"), weights_only=True)["model"]
+    converted = torch.load(os.path.join(lf, "model.pt"), weights_only=True)["model"]
+    old, new = source[POSITIONS_KEY], converted[POSITIONS_KEY]
+    assert new.shape == (128 + 2, old.shape[1])
+    assert torch.equal(new[:2], old[:2])
+    for copy in range(128 // SOURCE_POSITIONS):
+        start = 2 + copy * SOURCE_POSITIONS
+        assert torch.equal(new[start:start + SOURCE_POSITIONS], old[2:])
+
+    model = LongformerRobertaModel.from_pretrained(lf).model
+    attention = model.encoder.sentence_encoder.layers[1].self_attn
+    for local, global_ in (("q_proj", "q_global"), ("k_proj", "k_global"), ("v_proj", "v_global")):
+        a, b = getattr(attention, local).weight, getattr(attention, global_).weight
+        assert torch.equal(a, b) and a.data_ptr() != b.data_ptr()
+    with torch.no_grad():
+        attention.q_global.weight.add_(1.0)
+    assert not torch.equal(attention.q_proj.weight, attention.q_global.weight)
+
+
+def test_random_position_init_keeps_source_rows_and_draws_new_ones(dirs, tmp_path):
+    src, lf = dirs["current"]
+    convert(src, str(tmp_path / "random"), ConversionOptions(128, "64", position_init="random", seed=3))
+    copied = torch.load(os.path.join(lf, "model.pt"), weights_only=True)["model"][POSITIONS_KEY]
+    random = torch.load(tmp_path / "random" / "model.pt", weights_only=True)["model"][POSITIONS_KEY]
+    assert torch.equal(random[: 2 + SOURCE_POSITIONS], copied[: 2 + SOURCE_POSITIONS])
+    new_rows = random[2 + SOURCE_POSITIONS:]
+    assert not torch.equal(new_rows, copied[2 + SOURCE_POSITIONS:])
+    assert 0.015 < new_rows.std().item() < 0.025  # BERT init N(0, 0.02)
+
+
+def test_output_is_written_atomically_and_refuses_to_overwrite(dirs):
+    src, lf = dirs["current"]
+    assert sorted(os.listdir(lf)) == ["dict.txt", "model.pt"]  # no temporary files left behind
+    with pytest.raises(ConversionError, match="exists; pass --overwrite"):
+        convert(src, lf, ConversionOptions(128, "64"))
+
+
+def test_bad_inputs_are_refused_with_a_clear_message(dirs, tmp_path):
+    src, _ = dirs["current"]
+    out = str(tmp_path / "out")
+    with pytest.raises(ConversionError, match="smaller than the source's 32"):
+        convert(src, out, ConversionOptions(max_positions=16, attention_window="8"))
+    with pytest.raises(ConversionError, match="even"):
+        convert(src, out, ConversionOptions(max_positions=64, attention_window="63"))
+    with pytest.raises(ConversionError, match="3 values but the model has 2 layers"):
+        convert(src, out, ConversionOptions(max_positions=64, attention_window="8,8,8"))
+    with pytest.raises(ConversionError, match="model.pt not found"):
+        convert(str(tmp_path), out, ConversionOptions())
+
+    garbage = tmp_path / "garbage"
+    garbage.mkdir()
+    (garbage / "model.pt").write_bytes(b"not a checkpoint")
+    (garbage / "dict.txt").write_text("w0 1\n")
+    with pytest.raises(ConversionError, match="not a readable fairseq checkpoint"):
+        convert(str(garbage), out, ConversionOptions())
+
+    # a real fairseq checkpoint of another model type: the converted Longformer itself
+    _, lf = dirs["current"]
+    with pytest.raises(ConversionError, match="not a RoBERTa one"):
+        convert(lf, out, ConversionOptions())
+    assert not os.path.exists(out)
+
+    with pytest.raises(SystemExit, match="longformer-convert-roberta: error: .*positions can only be extended"):
+        main(["--input", src, "--output", out, "--max-positions", "8"])
+
+
+def test_hub_loader_never_downloads(dirs, tmp_path):
+    _, lf = dirs["current"]
+    with pytest.raises(ValueError, match="encoder.json .*bpe=None"):
+        LongformerRobertaModel.from_pretrained(lf, bpe="gpt2")
+    with pytest.raises(ValueError, match="not a directory"):
+        LongformerRobertaModel.from_pretrained("longformer.base")
+    hub = LongformerRobertaModel.from_pretrained(lf)
+    assert hub.bpe is None and hub.model.max_positions() == 128
