@@ -1,0 +1,184 @@
+"""End to end with fairseq's own CLIs: convert -> fairseq-train --restore-file -> reload; the freeze
+option; two CPU processes; the hydra configs."""
+
+import logging
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+import fairseq_longformer
+import roberta_fixtures as rf
+from fairseq_longformer import LongformerRobertaModel
+from fairseq_longformer.convert_roberta import ConversionOptions, convert
+
+pytestmark = pytest.mark.slow
+
+USER_DIR = os.path.dirname(fairseq_longformer.__file__)
+CONFIGS = os.path.join(os.path.dirname(USER_DIR), "configs", "mlm")
+POSITIONS_KEY = "encoder.sentence_encoder.embed_positions.weight"
+SOURCE_ROWS = rf.TINY["max_positions"] + 2
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("train")
+    src = rf.make_roberta_dir(str(root / "src"))
+    convert(src, str(root / "lf"), ConversionOptions(max_positions=128, attention_window="16"))
+    data = rf.write_data(str(root / "data"))
+    return root, str(root / "lf"), data
+
+
+def _model_args():
+    t = rf.TINY
+    return [
+        "--arch", "longformer_roberta", "--encoder-layers", str(t["layers"]),
+        "--encoder-embed-dim", str(t["embed_dim"]), "--encoder-ffn-embed-dim", str(t["ffn_dim"]),
+        "--encoder-attention-heads", str(t["heads"]), "--max-positions", "128", "--tokens-per-sample", "128",
+        "--attention-window", "16", "--roberta-max-positions", str(t["max_positions"]),
+    ]
+
+
+def _train_argv(data, lf, save_dir, *extra):
+    return [
+        data, "--user-dir", USER_DIR, "--task", "masked_lm", "--criterion", "masked_lm_bpc", *_model_args(),
+        "--restore-file", os.path.join(lf, "model.pt"),
+        "--reset-optimizer", "--reset-dataloader", "--reset-meters", "--reset-lr-scheduler",
+        "--optimizer", "adam", "--max-tokens", "512", "--max-update", "3", "--cpu",
+        "--save-dir", save_dir, "--no-epoch-checkpoints", "--log-format", "simple", "--log-interval", "1",
+        "--num-workers", "0", *extra,
+    ]
+
+
+def _fairseq_train_in_process(caplog, *argv):
+    """What the fairseq-train console script does, in this process (saves a fairseq import per run)."""
+    from fairseq import options
+    from fairseq.dataclass.utils import convert_namespace_to_omegaconf
+    from fairseq.distributed import utils as distributed_utils
+    from fairseq_cli import train
+
+    caplog.set_level(logging.INFO)
+    args = options.parse_args_and_arch(options.get_training_parser(), list(argv))
+    distributed_utils.call_main(convert_namespace_to_omegaconf(args), train.main)
+    return caplog.text
+
+
+def _fairseq_train_process(argv, log):
+    cmd = [sys.executable, "-m", "fairseq_cli.train", *argv]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, text=True, env=env)
+
+
+def _state(path):
+    return torch.load(path, weights_only=False)["model"]
+
+
+def test_restore_converted_model_train_a_few_steps_and_reload(setup, caplog):
+    root, lf, data = setup
+    save_dir = str(root / "ckpt")
+    out = _fairseq_train_in_process(caplog, *_train_argv(data, lf, save_dir, "--lr", "1e-4", "--weight-decay", "0.01"))
+    assert "Loaded checkpoint" in out and "model.pt (epoch 1 @ 0 updates)" in out
+    assert "bpc=" in out and "| bpc " in out  # the Table 6 figure, logged in training and validation
+
+    before = _state(os.path.join(lf, "model.pt"))
+    after = _state(os.path.join(save_dir, "checkpoint_last.pt"))
+    assert before.keys() == after.keys()
+    changes = {k: (after[k].float() - before[k].float()).abs().max().item() for k in before}
+    # started from the converted weights (3 small Adam steps move each weight by at most ~3 * lr) ...
+    assert max(changes.values()) < 1e-3
+    # ... and trained them
+    assert changes["encoder.sentence_encoder.layers.0.fc1.weight"] > 0
+
+    reloaded = LongformerRobertaModel.from_pretrained(save_dir, "checkpoint_last.pt", data_name_or_path=lf)
+    for key, value in reloaded.model.state_dict().items():
+        assert torch.equal(value, after[key]), key
+    features = reloaded.extract_features(torch.randint(4, rf.VOCAB, (1, 100)))
+    assert features.shape == (1, 100, rf.TINY["embed_dim"]) and torch.isfinite(features).all()
+
+
+def test_freeze_roberta_trains_only_the_new_position_rows(setup, caplog):
+    root, lf, data = setup
+    save_dir = str(root / "frozen")
+    # weight decay on: frozen weights must stay bit-identical even so
+    out = _fairseq_train_in_process(
+        caplog, *_train_argv(data, lf, save_dir, "--freeze-roberta", "--lr", "1e-3", "--weight-decay", "0.01")
+    )
+    assert "freeze_roberta: training only 96 new position rows" in out
+
+    before = _state(os.path.join(lf, "model.pt"))
+    after = _state(os.path.join(save_dir, "checkpoint_last.pt"))
+    for key in before:
+        if key != POSITIONS_KEY:
+            assert torch.equal(before[key], after[key]), key
+    assert torch.equal(before[POSITIONS_KEY][:SOURCE_ROWS], after[POSITIONS_KEY][:SOURCE_ROWS])
+    changed_rows = (before[POSITIONS_KEY][SOURCE_ROWS:] != after[POSITIONS_KEY][SOURCE_ROWS:]).any(dim=1)
+    assert changed_rows.float().mean() > 0.9
+
+
+def test_two_cpu_processes_train_data_parallel(setup):
+    """fairseq's pytorch_ddp backend passes device_ids=[0] (GPU only), and its torchrun path divides by
+    the CUDA device count; on CPU fairseq's own legacy_ddp with gloo and explicit ranks works."""
+    root, lf, data = setup
+    save_dir = str(root / "ddp")
+    port = 29000 + os.getpid() % 1000
+    logs = [open(root / f"rank{rank}.log", "w+") for rank in range(2)]
+    procs = [
+        _fairseq_train_process(_train_argv(
+            data, lf, save_dir, "--lr", "1e-4",
+            "--distributed-world-size", "2", "--distributed-rank", str(rank), "--distributed-no-spawn",
+            "--distributed-init-method", f"tcp://127.0.0.1:{port}", "--distributed-backend", "gloo",
+            "--ddp-backend", "legacy_ddp", "--load-checkpoint-on-all-dp-ranks",
+        ), logs[rank])
+        for rank in range(2)
+    ]
+    for proc in procs:
+        proc.wait(timeout=300)
+    texts = []
+    for log in logs:
+        log.seek(0)
+        texts.append(log.read())
+        log.close()
+    assert [p.returncode for p in procs] == [0, 0], texts[0][-2000:] + texts[1][-2000:]
+    assert "distributed init (rank 1)" in texts[1]
+    # --max-tokens 512 per process: more than 512 words per batch means both ranks' batches were summed
+    words_per_batch = [float(part.split("=")[1]) for line in texts[0].splitlines() if "train_inner" in line
+                       for part in line.split(", ") if part.startswith("wpb=")]
+    assert words_per_batch and min(words_per_batch) > 512
+    assert os.path.isfile(os.path.join(save_dir, "checkpoint_last.pt"))
+
+
+def test_paper_recipe_configs_hold_the_papers_numbers():
+    for name, batch, update_freq in (("base", 2, 4), ("large", 1, 8)):
+        cfg = OmegaConf.load(os.path.join(CONFIGS, f"{name}.yaml"))
+        assert cfg.model._name == f"longformer_roberta_{name}"
+        assert cfg.task.tokens_per_sample == 4096 and cfg.model.max_positions == 4096
+        assert cfg.model.attention_window == "512" and cfg.model.roberta_max_positions == 512
+        assert cfg.optimization.lr == [3e-05] and cfg.optimization.max_update == 65000
+        assert cfg.lr_scheduler._name == "polynomial_decay" and cfg.lr_scheduler.power == 3
+        assert cfg.lr_scheduler.warmup_updates == 500
+        # 8 GPUs x batch x update_freq = 64 sequences of 4096 = 2^18 tokens
+        assert (cfg.dataset.batch_size, cfg.optimization.update_freq) == (batch, [update_freq])
+        assert 8 * batch * update_freq * 4096 == 2 ** 18
+        assert cfg.criterion._name == "masked_lm_bpc"
+
+
+def test_demo_config_runs_with_fairseq_hydra_train(setup):
+    root, lf, data = setup
+    t = rf.TINY
+    cmd = [
+        sys.executable, "-m", "fairseq_cli.hydra_train", "--config-dir", CONFIGS, "--config-name", "demo",
+        f"common.user_dir={USER_DIR}", f"task.data={data}", f"checkpoint.restore_file={lf}/model.pt",
+        f"checkpoint.save_dir={root}/demo", "optimization.max_update=2", "task.tokens_per_sample=128",
+        f"model.encoder_layers={t['layers']}", f"model.encoder_embed_dim={t['embed_dim']}",
+        f"model.encoder_ffn_embed_dim={t['ffn_dim']}", f"model.encoder_attention_heads={t['heads']}",
+        "model.max_positions=128", f"model.roberta_max_positions={t['max_positions']}",
+        "model.attention_window='16'", "dataset.num_workers=0",
+    ]
+    proc = subprocess.run(cmd, cwd=root, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-3000:]
+    assert "Loaded checkpoint" in out and "num_updates 2" in out and "bpc" in out
