@@ -169,7 +169,7 @@ def test_other_block_sizes_head_dim_and_strided_inputs():
     # [B, T, H, D] storage viewed as [B, H, T, D]: what a fairseq module hands over without a copy
     tensors = [torch.randn(B, T, H, D).transpose(1, 2).requires_grad_() for _ in range(3)]
     assert not tensors[0].is_contiguous()
-    with use_config(TritonConfig(block_m=32, block_n=16, num_warps=1, num_stages=1)):
+    with use_config(TritonConfig(block_m=32, block_n=16, num_warps=1, num_stages=1, bwd_block_m=16, bwd_block_n=32)):
         _check_against_dense(tensors, window=10, dilation=[1, 2], scale=0.3)
 
 

@@ -39,21 +39,32 @@ SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 @dataclass(frozen=True)
 class TritonConfig:
-    """Tile sizes and launch options. ``block_m`` = query rows per tile, ``block_n`` = keys per tile."""
+    """Tile sizes and launch options, forward and backward separately.
+
+    ``block_m`` = query rows per tile, ``block_n`` = keys per tile. Backward keeps more tiles live
+    (k, v, dk, dv, q, dO, P, dS), so it defaults to smaller query tiles. The GPU defaults were
+    chosen so that no kernel spills registers on sm_90 (checked with ``cuobjdump
+    --dump-resource-usage`` on ahead-of-time builds, see docs/triton.md); they are not timed yet.
+    """
 
     block_m: int = 64
     block_n: int = 64
     num_warps: int = 4
     num_stages: int = 2
+    bwd_block_m: int = 32
+    bwd_block_n: int = 64
+    bwd_num_warps: int = 4
 
     def __post_init__(self):
-        for name in ("block_m", "block_n"):
+        for name in ("block_m", "block_n", "bwd_block_m", "bwd_block_n"):
             size = getattr(self, name)
             if size < 16 or size & (size - 1):
                 raise ValueError(f"{name} must be a power of two >= 16 (tl.dot's minimum), got {size}")
 
 
-_INTERPRETER_CONFIG = TritonConfig(block_m=16, block_n=16, num_warps=1, num_stages=1)
+_INTERPRETER_CONFIG = TritonConfig(block_m=16, block_n=16, num_warps=1, num_stages=1,
+                                   bwd_block_m=16, bwd_block_n=16, bwd_num_warps=1)
+_WIDE_HEAD_CONFIG = TritonConfig(num_warps=8, bwd_num_warps=8)  # head_dim > 64
 _override: TritonConfig | None = None
 
 
@@ -68,17 +79,19 @@ def use_config(config: TritonConfig) -> Iterator[TritonConfig]:
         _override = previous
 
 
-def _default_config(device: torch.device) -> TritonConfig:
+def default_config(device: torch.device, head_dim: int) -> TritonConfig:
     if _override is not None:
         return _override
-    return TritonConfig() if device.type == "cuda" else _INTERPRETER_CONFIG
+    if device.type != "cuda":
+        return _INTERPRETER_CONFIG
+    return TritonConfig() if head_dim <= 64 else _WIDE_HEAD_CONFIG
 
 
 def attention(spec: AttentionSpec) -> torch.Tensor:
     """The registry entry for ``backend="triton"`` (see ``api._BACKENDS``)."""
     q = spec.q
     _check_runnable(q)
-    plan = _Plan.build(spec, _default_config(q.device))
+    plan = _Plan.build(spec, default_config(q.device, q.shape[-1]))
     if q.numel() == 0:
         return torch.zeros_like(q)
     return _TritonAttention.apply(plan, q, spec.k, spec.v, spec.q_global, spec.k_global, spec.v_global)
@@ -109,7 +122,8 @@ class _Plan:
     reach_left: int
     reach_right: int
     dilation: torch.Tensor  # [H] int32
-    q_plan: tuple[torch.Tensor, torch.Tensor]  # query-tile plan (forward, dq)
+    q_plan: tuple[torch.Tensor, torch.Tensor]  # query-tile plan (forward)
+    dq_plan: tuple[torch.Tensor, torch.Tensor]  # query-tile plan (dq, backward tile sizes)
     k_plan: tuple[torch.Tensor, torch.Tensor]  # key-tile plan (dk, dv)
     key_bias: torch.Tensor | None  # [B, T] f32: -inf on padding and global keys (local pass)
     pad_bias: torch.Tensor | None  # [B, T] f32: -inf on padding keys (global pass)
@@ -125,7 +139,8 @@ class _Plan:
         device = q.device
         left, right = reaches(spec.window, spec.causal)
         q_plan = schedule(T, spec.dilation, left, right, config.block_m, config.block_n, device)
-        k_plan = schedule(T, spec.dilation, right, left, config.block_n, config.block_m, device)
+        dq_plan = schedule(T, spec.dilation, left, right, config.bwd_block_m, config.bwd_block_n, device)
+        k_plan = schedule(T, spec.dilation, right, left, config.bwd_block_n, config.bwd_block_m, device)
 
         pad, glob = spec.key_padding_mask, spec.global_mask
         excluded = None
@@ -151,19 +166,22 @@ class _Plan:
         fp32_tf32 = q.is_cuda and torch.backends.cuda.matmul.allow_tf32
         precision = "tf32" if (q.dtype != torch.float32 or fp32_tf32) else "ieee"
         return _Plan(config, (B, H, T, D), spec.scale, spec.dropout_p, seed, left, right,
-                     torch.tensor(spec.dilation, dtype=torch.int32, device=device), q_plan, k_plan,
+                     torch.tensor(spec.dilation, dtype=torch.int32, device=device), q_plan, dq_plan, k_plan,
                      key_bias, pad_bias, gidx if g_max else None, gcount if g_max else None, g_max, precision)
 
     @property
     def has_global(self) -> bool:
         return self.g_max > 0
 
-    def common(self) -> dict:
-        B, H, T, D = self.shape
-        return dict(BLOCK_M=self.config.block_m, BLOCK_N=self.config.block_n,
+    def launch_options(self, backward: bool) -> dict:
+        """Constexprs and launch options shared by every kernel of one direction."""
+        D = self.shape[3]
+        cfg = self.config
+        return dict(BLOCK_M=cfg.bwd_block_m if backward else cfg.block_m,
+                    BLOCK_N=cfg.bwd_block_n if backward else cfg.block_n,
                     BLOCK_D=max(16, triton.next_power_of_2(D)), PRECISION=self.precision,
-                    DROPOUT=self.dropout_p > 0, num_warps=self.config.num_warps,
-                    num_stages=self.config.num_stages)
+                    DROPOUT=self.dropout_p > 0, num_warps=cfg.bwd_num_warps if backward else cfg.num_warps,
+                    num_stages=cfg.num_stages)
 
 
 def _neg_inf_where(mask: torch.Tensor) -> torch.Tensor:
@@ -194,30 +212,30 @@ def _forward(plan: _Plan, q, k, v, qg, kg, vg) -> tuple[torch.Tensor, torch.Tens
         *_strides(q), *_strides(k), *_strides(v), *_strides(out),
         H, T, D, table.shape[1], plan.g_max, qk_scale, plan.reach_left, plan.reach_right,
         plan.dropout_p, plan.seed,
-        HAS_BIAS=plan.key_bias is not None, HAS_GLOBAL=plan.has_global, **plan.common(),
+        HAS_BIAS=plan.key_bias is not None, HAS_GLOBAL=plan.has_global, **plan.launch_options(False),
     )
     if plan.has_global:
         global_fwd_kernel[(triton.cdiv(plan.g_max, cfg.block_m), B * H)](
             qg, kg, vg, out, lse, _or_dummy(plan.pad_bias, dummy_f), plan.gidx, plan.gcount,
             *_strides(qg), *_strides(kg), *_strides(vg), *_strides(out),
             H, T, D, plan.g_max, qk_scale, plan.dropout_p, plan.seed,
-            HAS_PAD=plan.pad_bias is not None, **plan.common(),
+            HAS_PAD=plan.pad_bias is not None, **plan.launch_options(False),
         )
     return out, lse
 
 
 def _backward(plan: _Plan, dout, q, k, v, qg, kg, vg, out, lse):
     B, H, T, D = plan.shape
-    cfg = plan.config
     dout = dout.to(q.dtype)
     # Delta_i = sum_j P_ij dP_ij = dO_i . O_i (holds with dropout too); O is 0 on padding rows.
     delta = (dout.float() * out.float()).sum(-1).contiguous()
     dq, dk, dv = (torch.empty((B, H, T, D), dtype=q.dtype, device=q.device) for _ in range(3))
     qk_scale = plan.scale * _LOG2E
     key_bias = _or_dummy(plan.key_bias, delta)
-    q_table, q_tiles = plan.q_plan
+    q_table, q_tiles = plan.dq_plan
     k_table, k_tiles = plan.k_plan
-    common = plan.common()
+    common = plan.launch_options(True)
+    cfg_m, cfg_n = common["BLOCK_M"], common["BLOCK_N"]
     local_bwd_dkdv_kernel[(k_table.shape[1], B * H)](
         q, k, v, dout, dk, dv, lse, delta, key_bias, k_table, k_tiles, plan.dilation,
         *_strides(q), *_strides(k), *_strides(v), *_strides(dout), *_strides(dk), *_strides(dv),
@@ -234,7 +252,7 @@ def _backward(plan: _Plan, dout, q, k, v, qg, kg, vg, out, lse):
     if not plan.has_global:
         return dq, dk, dv, None, None, None
 
-    global_keys_bwd_kernel[(triton.cdiv(plan.g_max, cfg.block_n), B * H)](
+    global_keys_bwd_kernel[(triton.cdiv(plan.g_max, cfg_n), B * H)](
         q, k, v, dout, dk, dv, lse, delta, plan.key_bias, plan.gidx, plan.gcount,
         *_strides(q), *_strides(k), *_strides(v), *_strides(dout), *_strides(dk), *_strides(dv),
         H, T, D, plan.g_max, qk_scale, plan.scale, plan.dropout_p, plan.seed, **common,
@@ -242,13 +260,13 @@ def _backward(plan: _Plan, dout, q, k, v, qg, kg, vg, out, lse):
     pad_bias = _or_dummy(plan.pad_bias, delta)
     dqg = torch.zeros((B, H, T, D), dtype=q.dtype, device=q.device)  # only global rows are written
     dkg, dvg = (torch.empty((B, H, T, D), dtype=q.dtype, device=q.device) for _ in range(2))
-    global_bwd_dq_kernel[(triton.cdiv(plan.g_max, cfg.block_m), B * H)](
+    global_bwd_dq_kernel[(triton.cdiv(plan.g_max, cfg_m), B * H)](
         qg, kg, vg, dout, dqg, lse, delta, pad_bias, plan.gidx, plan.gcount,
         *_strides(qg), *_strides(kg), *_strides(vg), *_strides(dout), *_strides(dqg),
         H, T, D, plan.g_max, qk_scale, plan.scale, plan.dropout_p, plan.seed,
         HAS_PAD=plan.pad_bias is not None, **common,
     )
-    global_bwd_dkdv_kernel[(triton.cdiv(T, cfg.block_n), B * H)](
+    global_bwd_dkdv_kernel[(triton.cdiv(T, cfg_n), B * H)](
         qg, kg, vg, dout, dkg, dvg, lse, delta, pad_bias, plan.gidx, plan.gcount,
         *_strides(qg), *_strides(kg), *_strides(vg), *_strides(dout), *_strides(dkg), *_strides(dvg),
         H, T, D, plan.g_max, qk_scale, plan.scale, plan.dropout_p, plan.seed,

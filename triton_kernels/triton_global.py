@@ -14,7 +14,8 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .triton_tiles import dropout_scale, finish_rows, load_rows, mma, online_softmax_step, store_rows
+from .triton_tiles import (dropout_scale, finish_rows, kv_grad_step, load_rows, mma, online_softmax_step,
+                           q_grad_step, store_rows)
 
 
 @triton.jit
@@ -66,24 +67,11 @@ def global_fwd_kernel(
         s = s + _key_mask(PadBias, b, tok_n, n_ok, seq_len, HAS_PAD, BLOCK_N)[None, :]
         z = s
         if DROPOUT:
-            z = dropout_scale(seed, bh, seq_len, tok_m, tok_n, p_drop)
+            z = dropout_scale(seed, bh, seq_len, tok_m[:, None], tok_n[None, :], p_drop)
         acc, m_i, l_i = online_softmax_step(acc, m_i, l_i, s, v, z, DROPOUT, PRECISION)
     out, lse = finish_rows(acc, m_i, l_i)
     store_rows(Out + b.to(tl.int64) * so_b + h.to(tl.int64) * so_h, out, tok_m, m_ok, offs_d, d_ok, so_t, so_d)
     tl.store(Lse + bh.to(tl.int64) * seq_len + tok_m, lse, mask=m_ok)
-
-
-@triton.jit
-def _global_bwd_tile(q, do, lse, delta, k, v, bias, z, qk_scale, DROPOUT: tl.constexpr, PRECISION: tl.constexpr):
-    s = mma(q, tl.trans(k), PRECISION) * qk_scale + bias
-    p = tl.exp2(s - lse[:, None])
-    dp = mma(do, tl.trans(v), PRECISION)
-    if DROPOUT:
-        dp = dp * z
-        pz = p * z
-    else:
-        pz = p
-    return pz, p * (dp - delta[:, None])
 
 
 @triton.jit
@@ -118,9 +106,8 @@ def global_bwd_dq_kernel(
         bias = _key_mask(PadBias, b, tok_n, n_ok, seq_len, HAS_PAD, BLOCK_N)[None, :]
         z = bias
         if DROPOUT:
-            z = dropout_scale(seed, bh, seq_len, tok_m, tok_n, p_drop)
-        pz, ds = _global_bwd_tile(q, do, lse, delta, k, v, bias, z, qk_scale, DROPOUT, PRECISION)
-        dq += mma(ds.to(k.dtype), k, PRECISION)
+            z = dropout_scale(seed, bh, seq_len, tok_m[:, None], tok_n[None, :], p_drop)
+        dq = q_grad_step(dq, q, k, v, do, lse, delta, bias, z, qk_scale, True, DROPOUT, PRECISION)
     store_rows(DQG + b.to(tl.int64) * sdq_b + h.to(tl.int64) * sdq_h, dq * sm_scale, tok_m, m_ok,
                offs_d, d_ok, sdq_t, sdq_d)
 
@@ -144,7 +131,7 @@ def global_bwd_dkdv_kernel(
     d_ok = offs_d < head_dim
     k = load_rows(KG + b.to(tl.int64) * sk_b + h.to(tl.int64) * sk_h, tok_n, n_ok, offs_d, d_ok, sk_t, sk_d)
     v = load_rows(VG + b.to(tl.int64) * sv_b + h.to(tl.int64) * sv_h, tok_n, n_ok, offs_d, d_ok, sv_t, sv_d)
-    bias = _key_mask(PadBias, b, tok_n, n_ok, seq_len, HAS_PAD, BLOCK_N)[None, :]
+    bias_t = _key_mask(PadBias, b, tok_n, n_ok, seq_len, HAS_PAD, BLOCK_N)[:, None]
     q_base = QG + b.to(tl.int64) * sq_b + h.to(tl.int64) * sq_h
     do_base = DO + b.to(tl.int64) * sdo_b + h.to(tl.int64) * sdo_h
     n_glob = tl.load(GCount + b)
@@ -156,12 +143,10 @@ def global_bwd_dkdv_kernel(
         do = load_rows(do_base, tok_m, m_ok, offs_d, d_ok, sdo_t, sdo_d)
         lse = tl.load(Lse + bh.to(tl.int64) * seq_len + tok_m, mask=m_ok, other=float("inf"))
         delta = tl.load(Delta + bh.to(tl.int64) * seq_len + tok_m, mask=m_ok, other=0.0)
-        z = bias
+        z_t = bias_t
         if DROPOUT:
-            z = dropout_scale(seed, bh, seq_len, tok_m, tok_n, p_drop)
-        pz, ds = _global_bwd_tile(q, do, lse, delta, k, v, bias, z, qk_scale, DROPOUT, PRECISION)
-        dv += mma(tl.trans(pz.to(do.dtype)), do, PRECISION)
-        dk += mma(tl.trans(ds.to(q.dtype)), q, PRECISION)
+            z_t = dropout_scale(seed, bh, seq_len, tok_m[None, :], tok_n[:, None], p_drop)
+        dk, dv = kv_grad_step(dk, dv, k, v, q, do, lse, delta, bias_t, z_t, qk_scale, True, DROPOUT, PRECISION)
     store_rows(DKG + b.to(tl.int64) * sdk_b + h.to(tl.int64) * sdk_h, dk * sm_scale, tok_n, n_ok,
                offs_d, d_ok, sdk_t, sdk_d)
     store_rows(DVG + b.to(tl.int64) * sdv_b + h.to(tl.int64) * sdv_h, dv, tok_n, n_ok,
@@ -193,7 +178,7 @@ def global_keys_bwd_kernel(
     dv_base = DV + b.to(tl.int64) * sdv_b + h.to(tl.int64) * sdv_h
     k = load_rows(K + b.to(tl.int64) * sk_b + h.to(tl.int64) * sk_h, tok_n, n_ok, offs_d, d_ok, sk_t, sk_d)
     v = load_rows(V + b.to(tl.int64) * sv_b + h.to(tl.int64) * sv_h, tok_n, n_ok, offs_d, d_ok, sv_t, sv_d)
-    bias = tl.where(n_ok, tl.zeros([BLOCK_N], dtype=tl.float32), float("-inf"))[None, :]
+    bias_t = tl.where(n_ok, 0.0, float("-inf"))[:, None]
     q_base = Q + b.to(tl.int64) * sq_b + h.to(tl.int64) * sq_h
     do_base = DO + b.to(tl.int64) * sdo_b + h.to(tl.int64) * sdo_h
     dk = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
@@ -207,12 +192,10 @@ def global_keys_bwd_kernel(
         do = load_rows(do_base, tok_m, row_ok, offs_d, d_ok, sdo_t, sdo_d)
         lse = tl.load(Lse + bh.to(tl.int64) * seq_len + tok_m, mask=row_ok, other=float("inf"))
         delta = tl.load(Delta + bh.to(tl.int64) * seq_len + tok_m, mask=row_ok, other=0.0)
-        z = bias
+        z_t = bias_t
         if DROPOUT:
-            z = dropout_scale(seed, bh, seq_len, tok_m, tok_n, p_drop)
-        pz, ds = _global_bwd_tile(q, do, lse, delta, k, v, bias, z, qk_scale, DROPOUT, PRECISION)
-        dv += mma(tl.trans(pz.to(do.dtype)), do, PRECISION)
-        dk += mma(tl.trans(ds.to(q.dtype)), q, PRECISION)
+            z_t = dropout_scale(seed, bh, seq_len, tok_m[None, :], tok_n[:, None], p_drop)
+        dk, dv = kv_grad_step(dk, dv, k, v, q, do, lse, delta, bias_t, z_t, qk_scale, True, DROPOUT, PRECISION)
     dk_old = load_rows(dk_base, tok_n, n_ok, offs_d, d_ok, sdk_t, sdk_d).to(tl.float32)
     dv_old = load_rows(dv_base, tok_n, n_ok, offs_d, d_ok, sdv_t, sdv_d).to(tl.float32)
     store_rows(dk_base, dk_old + dk * sm_scale, tok_n, n_ok, offs_d, d_ok, sdk_t, sdk_d)

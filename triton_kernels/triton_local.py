@@ -15,8 +15,8 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .triton_tiles import (dropout_scale, finish_rows, load_rows, mma, online_softmax_step, store_rows,
-                           window_ok)
+from .triton_tiles import (dropout_scale, finish_rows, kv_grad_step, load_rows, mma, online_softmax_step,
+                           q_grad_step, store_rows, window_ok)
 
 
 @triton.jit
@@ -39,13 +39,13 @@ def _window_fwd_tile(acc, m_i, l_i, q, offs_m, tok_m, jt, r, dil, length,
     v = load_rows(v_base, tok_n, n_ok, offs_d, d_ok, sv_t, sv_d)
     s = mma(q, tl.trans(k), PRECISION) * qk_scale
     if MASKED:
-        ok = window_ok(offs_m, offs_n, reach_left, reach_right) & n_ok[None, :]
+        ok = window_ok(offs_m[:, None], offs_n[None, :], reach_left, reach_right) & n_ok[None, :]
         s = tl.where(ok, s, float("-inf"))
     if HAS_BIAS:
         s = s + tl.load(bias_base + tok_n, mask=n_ok, other=float("-inf"))[None, :]
     z = s
     if DROPOUT:
-        z = dropout_scale(seed, bh, seq_len, tok_m, tok_n, p_drop)
+        z = dropout_scale(seed, bh, seq_len, tok_m[:, None], tok_n[None, :], p_drop)
     return online_softmax_step(acc, m_i, l_i, s, v, z, DROPOUT, PRECISION)
 
 
@@ -63,7 +63,7 @@ def _global_keys_fwd_tile(acc, m_i, l_i, q, tok_m, g0, gidx_base, n_glob,
     s = tl.where(g_ok[None, :], s, float("-inf"))
     z = s
     if DROPOUT:
-        z = dropout_scale(seed, bh, seq_len, tok_m, tok_n, p_drop)
+        z = dropout_scale(seed, bh, seq_len, tok_m[:, None], tok_n[None, :], p_drop)
     return online_softmax_step(acc, m_i, l_i, s, v, z, DROPOUT, PRECISION)
 
 
@@ -147,52 +147,26 @@ def _bwd_rows(Q, DO, Lse, Delta, KeyBias, b, h, bh, tok_m, m_ok, offs_d, d_ok, s
 
 
 @triton.jit
-def _probs_and_dscores(q, k, v, do, lse, delta, s_mask_bias, z, qk_scale,
-                       DROPOUT: tl.constexpr, PRECISION: tl.constexpr):
-    """Recompute P from lse and form dS = P * (dP*Z - Delta); returns (P*Z for dV, dS)."""
-    s = mma(q, tl.trans(k), PRECISION) * qk_scale + s_mask_bias
-    p = tl.exp2(s - lse[:, None])
-    dp = mma(do, tl.trans(v), PRECISION)
-    if DROPOUT:
-        dp = dp * z
-        pz = p * z
-    else:
-        pz = p
-    ds = p * (dp - delta[:, None])
-    return pz, ds
-
-
-@triton.jit
-def _window_bias(offs_m, offs_n, n_ok, m_len_ok, tok_n, bias_base, reach_left, reach_right,
-                 MASKED: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-    """Additive 0 / -inf mask of a window tile in backward (query rows x key columns)."""
-    bias = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
-    if MASKED:
-        ok = window_ok(offs_m, offs_n, reach_left, reach_right) & n_ok[None, :]
-        bias = tl.where(ok, bias, float("-inf"))
-    if HAS_BIAS:
-        bias = bias + tl.load(bias_base + tok_n, mask=n_ok, other=float("-inf"))[None, :]
-    return bias
-
-
-@triton.jit
 def _window_dq_tile(dq, q, do, lse, delta, offs_m, tok_m, jt, r, dil, length,
                     k_base, v_base, sk_t, sk_d, sv_t, sv_d, offs_d, d_ok, bias_base,
                     seed, bh, seq_len, qk_scale, reach_left, reach_right, p_drop,
                     MASKED: tl.constexpr, HAS_BIAS: tl.constexpr, DROPOUT: tl.constexpr,
-                    PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+                    PRECISION: tl.constexpr, BLOCK_N: tl.constexpr):
     offs_n = jt * BLOCK_N + tl.arange(0, BLOCK_N)
     tok_n = r + offs_n * dil
     n_ok = offs_n < length
     k = load_rows(k_base, tok_n, n_ok, offs_d, d_ok, sk_t, sk_d)
     v = load_rows(v_base, tok_n, n_ok, offs_d, d_ok, sv_t, sv_d)
-    bias = _window_bias(offs_m, offs_n, n_ok, n_ok, tok_n, bias_base, reach_left, reach_right,
-                        MASKED, HAS_BIAS, BLOCK_M, BLOCK_N)
+    bias = tl.zeros([1, BLOCK_N], dtype=tl.float32)
+    if HAS_BIAS:
+        bias = tl.load(bias_base + tok_n, mask=n_ok, other=float("-inf"))[None, :]
+    if MASKED:
+        ok = window_ok(offs_m[:, None], offs_n[None, :], reach_left, reach_right) & n_ok[None, :]
+        bias = tl.where(ok, bias, float("-inf"))
     z = bias
     if DROPOUT:
-        z = dropout_scale(seed, bh, seq_len, tok_m, tok_n, p_drop)
-    pz, ds = _probs_and_dscores(q, k, v, do, lse, delta, bias, z, qk_scale, DROPOUT, PRECISION)
-    return dq + mma(ds.to(k.dtype), k, PRECISION)
+        z = dropout_scale(seed, bh, seq_len, tok_m[:, None], tok_n[None, :], p_drop)
+    return q_grad_step(dq, q, k, v, do, lse, delta, bias, z, qk_scale, MASKED or HAS_BIAS, DROPOUT, PRECISION)
 
 
 @triton.jit
@@ -227,15 +201,15 @@ def local_bwd_dq_kernel(
     for jt in range(lo, ilo):
         dq = _window_dq_tile(dq, q, do, lse, delta, offs_m, tok_m, jt, r, dil, length, k_base, v_base,
                              sk_t, sk_d, sv_t, sv_d, offs_d, d_ok, bias_base, seed, bh, seq_len, qk_scale,
-                             reach_left, reach_right, p_drop, True, HAS_BIAS, DROPOUT, PRECISION, BLOCK_M, BLOCK_N)
+                             reach_left, reach_right, p_drop, True, HAS_BIAS, DROPOUT, PRECISION, BLOCK_N)
     for jt in range(ilo, ihi):
         dq = _window_dq_tile(dq, q, do, lse, delta, offs_m, tok_m, jt, r, dil, length, k_base, v_base,
                              sk_t, sk_d, sv_t, sv_d, offs_d, d_ok, bias_base, seed, bh, seq_len, qk_scale,
-                             reach_left, reach_right, p_drop, False, HAS_BIAS, DROPOUT, PRECISION, BLOCK_M, BLOCK_N)
+                             reach_left, reach_right, p_drop, False, HAS_BIAS, DROPOUT, PRECISION, BLOCK_N)
     for jt in range(ihi, hi):
         dq = _window_dq_tile(dq, q, do, lse, delta, offs_m, tok_m, jt, r, dil, length, k_base, v_base,
                              sk_t, sk_d, sv_t, sv_d, offs_d, d_ok, bias_base, seed, bh, seq_len, qk_scale,
-                             reach_left, reach_right, p_drop, True, HAS_BIAS, DROPOUT, PRECISION, BLOCK_M, BLOCK_N)
+                             reach_left, reach_right, p_drop, True, HAS_BIAS, DROPOUT, PRECISION, BLOCK_N)
     if HAS_GLOBAL:
         n_glob = tl.load(GCount + b)
         gidx_base = GIdx + b.to(tl.int64) * g_max
@@ -245,12 +219,11 @@ def local_bwd_dq_kernel(
             tok_n = tl.load(gidx_base + offs_g, mask=g_ok, other=0)
             k = load_rows(k_base, tok_n, g_ok, offs_d, d_ok, sk_t, sk_d)
             v = load_rows(v_base, tok_n, g_ok, offs_d, d_ok, sv_t, sv_d)
-            bias = tl.where(g_ok[None, :], tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32), float("-inf"))
+            bias = tl.where(g_ok, 0.0, float("-inf"))[None, :]
             z = bias
             if DROPOUT:
-                z = dropout_scale(seed, bh, seq_len, tok_m, tok_n, p_drop)
-            pz, ds = _probs_and_dscores(q, k, v, do, lse, delta, bias, z, qk_scale, DROPOUT, PRECISION)
-            dq += mma(ds.to(k.dtype), k, PRECISION)
+                z = dropout_scale(seed, bh, seq_len, tok_m[:, None], tok_n[None, :], p_drop)
+            dq = q_grad_step(dq, q, k, v, do, lse, delta, bias, z, qk_scale, True, DROPOUT, PRECISION)
     store_rows(DQ + b.to(tl.int64) * sdq_b + h.to(tl.int64) * sdq_h, dq * sm_scale, tok_m, m_ok,
                offs_d, d_ok, sdq_t, sdq_d)
 
@@ -261,23 +234,21 @@ def _window_dkdv_tile(dk, dv, k, v, offs_n, tok_n, n_ok, key_bias, it, r, dil, l
                       sq_b, sq_h, sq_t, sq_d, sdo_b, sdo_h, sdo_t, sdo_d,
                       seed, qk_scale, reach_left, reach_right, p_drop,
                       MASKED: tl.constexpr, HAS_BIAS: tl.constexpr, DROPOUT: tl.constexpr,
-                      PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+                      PRECISION: tl.constexpr, BLOCK_M: tl.constexpr):
     offs_m = it * BLOCK_M + tl.arange(0, BLOCK_M)
     tok_m = r + offs_m * dil
     m_ok = offs_m < length
     q, do, lse, delta = _bwd_rows(Q, DO, Lse, Delta, KeyBias, b, h, bh, tok_m, m_ok, offs_d, d_ok, seq_len,
                                   sq_b, sq_h, sq_t, sq_d, sdo_b, sdo_h, sdo_t, sdo_d, HAS_BIAS)
-    bias = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32) + key_bias[None, :]
+    bias_t = key_bias[:, None]  # key-major: rows are this program's keys, columns the queries
     if MASKED:
-        ok = window_ok(offs_m, offs_n, reach_left, reach_right) & n_ok[None, :]
-        bias = tl.where(ok, bias, float("-inf"))
-    z = bias
+        ok_t = window_ok(offs_m[None, :], offs_n[:, None], reach_left, reach_right) & n_ok[:, None]
+        bias_t = tl.where(ok_t, bias_t, float("-inf"))
+    z_t = bias_t
     if DROPOUT:
-        z = dropout_scale(seed, bh, seq_len, tok_m, tok_n, p_drop)
-    pz, ds = _probs_and_dscores(q, k, v, do, lse, delta, bias, z, qk_scale, DROPOUT, PRECISION)
-    dv += mma(tl.trans(pz.to(do.dtype)), do, PRECISION)
-    dk += mma(tl.trans(ds.to(q.dtype)), q, PRECISION)
-    return dk, dv
+        z_t = dropout_scale(seed, bh, seq_len, tok_m[None, :], tok_n[:, None], p_drop)
+    return kv_grad_step(dk, dv, k, v, q, do, lse, delta, bias_t, z_t, qk_scale, MASKED or HAS_BIAS,
+                        DROPOUT, PRECISION)
 
 
 @triton.jit
@@ -289,7 +260,7 @@ def local_bwd_dkdv_kernel(
     HAS_BIAS: tl.constexpr, DROPOUT: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
-    """One program per key tile; loops over the query tiles whose windows reach it.
+    """One program per key tile (``BLOCK_N`` keys); loops over the query tiles whose windows reach it.
 
     ``Plan`` here is the key-centric plan (reaches swapped), and ``reach_left``/``reach_right``
     are the *query-side* reaches, used unchanged in the window test ``i - j``.
@@ -319,20 +290,17 @@ def local_bwd_dkdv_kernel(
         dk, dv = _window_dkdv_tile(dk, dv, k, v, offs_n, tok_n, n_ok, key_bias, it, r, dil, length,
                                    Q, DO, Lse, Delta, KeyBias, b, h, bh, offs_d, d_ok, seq_len,
                                    sq_b, sq_h, sq_t, sq_d, sdo_b, sdo_h, sdo_t, sdo_d, seed, qk_scale,
-                                   reach_left, reach_right, p_drop, True, HAS_BIAS, DROPOUT, PRECISION,
-                                   BLOCK_M, BLOCK_N)
+                                   reach_left, reach_right, p_drop, True, HAS_BIAS, DROPOUT, PRECISION, BLOCK_M)
     for it in range(ilo, ihi):
         dk, dv = _window_dkdv_tile(dk, dv, k, v, offs_n, tok_n, n_ok, key_bias, it, r, dil, length,
                                    Q, DO, Lse, Delta, KeyBias, b, h, bh, offs_d, d_ok, seq_len,
                                    sq_b, sq_h, sq_t, sq_d, sdo_b, sdo_h, sdo_t, sdo_d, seed, qk_scale,
-                                   reach_left, reach_right, p_drop, False, HAS_BIAS, DROPOUT, PRECISION,
-                                   BLOCK_M, BLOCK_N)
+                                   reach_left, reach_right, p_drop, False, HAS_BIAS, DROPOUT, PRECISION, BLOCK_M)
     for it in range(ihi, hi):
         dk, dv = _window_dkdv_tile(dk, dv, k, v, offs_n, tok_n, n_ok, key_bias, it, r, dil, length,
                                    Q, DO, Lse, Delta, KeyBias, b, h, bh, offs_d, d_ok, seq_len,
                                    sq_b, sq_h, sq_t, sq_d, sdo_b, sdo_h, sdo_t, sdo_d, seed, qk_scale,
-                                   reach_left, reach_right, p_drop, True, HAS_BIAS, DROPOUT, PRECISION,
-                                   BLOCK_M, BLOCK_N)
+                                   reach_left, reach_right, p_drop, True, HAS_BIAS, DROPOUT, PRECISION, BLOCK_M)
     store_rows(DK + b.to(tl.int64) * sdk_b + h.to(tl.int64) * sdk_h, dk * sm_scale, tok_n, n_ok,
                offs_d, d_ok, sdk_t, sdk_d)
     store_rows(DV + b.to(tl.int64) * sdv_b + h.to(tl.int64) * sdv_h, dv, tok_n, n_ok,

@@ -46,20 +46,24 @@ def store_rows(base, value, tok, ok, offs_d, d_ok, stride_t, stride_d):
 
 
 @triton.jit
-def window_ok(offs_m, offs_n, reach_left, reach_right):
-    """Class-coordinate window rule (dilation already removed), the same as ``masks.in_window``."""
-    delta = offs_m[:, None] - offs_n[None, :]
+def window_ok(pos_q, pos_k, reach_left, reach_right):
+    """Class-coordinate window rule (dilation already removed), the same as ``masks.in_window``.
+
+    ``pos_q``/``pos_k`` are broadcast by the caller ([M,1]x[1,N], or transposed for key-major tiles).
+    """
+    delta = pos_q - pos_k
     return (delta <= reach_left) & (delta >= -reach_right)
 
 
 @triton.jit
-def dropout_scale(seed, bh, seq_len, tok_m, tok_n, p_drop):
-    """``keep / (1 - p)`` for every (query token, key token) pair of one (batch, head).
+def dropout_scale(seed, bh, seq_len, tok_q, tok_k, p_drop):
+    """``keep / (1 - p)`` for (query token, key token) pairs of one (batch, head).
 
-    The Philox counter is the pair's flat index ``(bh*T + i)*T + j`` in int64, so forward and
-    backward regenerate the same mask tile by tile whatever the tiling or launch order.
+    ``tok_q`` and ``tok_k`` are already broadcast to the tile's shape ([M,1] and [1,N], or
+    transposed for key-major tiles). The Philox counter is the pair's flat index
+    ``(bh*T + i)*T + j`` in int64, so every kernel regenerates the same mask whatever its tiling.
     """
-    offs = (bh.to(tl.int64) * seq_len + tok_m[:, None].to(tl.int64)) * seq_len + tok_n[None, :].to(tl.int64)
+    offs = (bh.to(tl.int64) * seq_len + tok_q.to(tl.int64)) * seq_len + tok_k.to(tl.int64)
     keep = tl.rand(seed, offs) >= p_drop
     return tl.where(keep, 1.0 / (1.0 - p_drop), 0.0)
 
@@ -89,3 +93,43 @@ def finish_rows(acc, m_i, l_i):
     out = acc / tl.where(seen, l_i, 1.0)[:, None]
     lse = tl.where(seen, m_i + tl.log2(tl.where(seen, l_i, 1.0)), float("inf"))
     return out, lse
+
+
+@triton.jit
+def q_grad_step(dq, q, k, v, do, lse, delta, bias, z, qk_scale,
+                APPLY_BIAS: tl.constexpr, DROPOUT: tl.constexpr, PRECISION: tl.constexpr):
+    """Accumulate dQ of a query tile from one key tile: recompute P from ``lse``, dS = P (dP Z - Delta)."""
+    s = mma(q, tl.trans(k), PRECISION) * qk_scale
+    if APPLY_BIAS:
+        s = s + bias
+    p = tl.exp2(s - lse[:, None])
+    dp = mma(do, tl.trans(v), PRECISION)
+    if DROPOUT:
+        dp = dp * z
+    ds = p * (dp - delta[:, None])
+    return dq + mma(ds.to(k.dtype), k, PRECISION)
+
+
+@triton.jit
+def kv_grad_step(dk, dv, k, v, q, do, lse, delta, bias_t, z_t, qk_scale,
+                 APPLY_BIAS: tl.constexpr, DROPOUT: tl.constexpr, PRECISION: tl.constexpr):
+    """Accumulate dK, dV of a key tile from one query tile, working key-major ([keys, queries]).
+
+    Scores are formed as K Q^T so P^T and dS^T come out of the dot products already in the
+    orientation dV += P^T dO and dK += dS^T Q need; no float32 tile is transposed.
+    ``lse``/``delta`` are per query (columns); ``bias_t`` is 0/-inf, broadcastable to [N, M].
+    """
+    s_t = mma(k, tl.trans(q), PRECISION) * qk_scale
+    if APPLY_BIAS:
+        s_t = s_t + bias_t
+    p_t = tl.exp2(s_t - lse[None, :])
+    dp_t = mma(v, tl.trans(do), PRECISION)
+    if DROPOUT:
+        dp_t = dp_t * z_t
+        pz_t = p_t * z_t
+    else:
+        pz_t = p_t
+    dv += mma(pz_t.to(do.dtype), do, PRECISION)
+    ds_t = p_t * (dp_t - delta[None, :])
+    dk += mma(ds_t.to(q.dtype), q, PRECISION)
+    return dk, dv
