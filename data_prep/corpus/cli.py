@@ -24,12 +24,21 @@ def _defaults(values: dict) -> str:
     return " ".join(f"{k}={v}" for k, v in values.items())
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Show defaults, except the empty ones (None / False) that would only say '(default: None)'."""
+
+    def _get_help_string(self, action):
+        if action.default in (None, False) or action.help is None:
+            return action.help
+        return super()._get_help_string(action)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="longformer-prep-corpus",
         description="Build the Longformer pretraining corpus (paper §5, Table 5): read Books / Wikipedia / "
                     "Realnews / Stories, select as in the paper, tokenize, binarize with fairseq, report statistics.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_HelpFormatter,
     )
     src = p.add_argument_group("sources (at least one)")
     src.add_argument("--books", type=Path, help="folder of .txt books (one book per file)")
@@ -43,8 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
     tok.add_argument("--dict", type=Path, help="RoBERTa's fairseq dict.txt (with the GPT-2 files)")
     tok.add_argument("--spm-model", type=Path, help="an existing sentencepiece model")
     tok.add_argument("--train-spm", action="store_true", help="train a sentencepiece model on a sample first")
-    tok.add_argument("--spm-vocab-size", type=int, default=SpmTrainConfig.vocab_size)
-    tok.add_argument("--spm-model-type", default=SpmTrainConfig.model_type, choices=("unigram", "bpe"))
+    tok.add_argument("--spm-vocab-size", type=int, default=SpmTrainConfig.vocab_size, help="trained vocabulary size")
+    tok.add_argument("--spm-model-type", default=SpmTrainConfig.model_type, choices=("unigram", "bpe"),
+                     help="trained model type")
     tok.add_argument("--spm-sample-lines", type=int, default=SpmTrainConfig.sample_lines,
                      help="paragraphs in the seeded reservoir sample used for training")
 

@@ -58,7 +58,8 @@ class CorpusPrepConfig:
     progress: bool = True
 
     def __post_init__(self):
-        self.sources = {s: Path(self.sources[s]) for s in SOURCE_ORDER if self.sources.get(s) is not None}
+        # Absolute paths: the fingerprint must not change when a rerun starts from another folder.
+        self.sources = {s: Path(self.sources[s]).resolve() for s in SOURCE_ORDER if self.sources.get(s) is not None}
         self.out_dir = Path(self.out_dir)
         if not self.sources:
             raise ValueError("no input source given: pass at least one of --books, --wikipedia, --realnews, --stories")
