@@ -64,7 +64,8 @@ class TritonConfig:
 
 _INTERPRETER_CONFIG = TritonConfig(block_m=16, block_n=16, num_warps=1, num_stages=1,
                                    bwd_block_m=16, bwd_block_n=16, bwd_num_warps=1)
-_WIDE_HEAD_CONFIG = TritonConfig(num_warps=8, bwd_num_warps=8)  # head_dim > 64
+# head_dim > 64 or float32 tiles: twice the registers per tile, so twice the warps to hold them
+_WIDE_TILE_CONFIG = TritonConfig(num_warps=8, bwd_num_warps=8)
 _override: TritonConfig | None = None
 
 
@@ -79,19 +80,19 @@ def use_config(config: TritonConfig) -> Iterator[TritonConfig]:
         _override = previous
 
 
-def default_config(device: torch.device, head_dim: int) -> TritonConfig:
+def default_config(device: torch.device, head_dim: int, dtype: torch.dtype = torch.float16) -> TritonConfig:
     if _override is not None:
         return _override
     if device.type != "cuda":
         return _INTERPRETER_CONFIG
-    return TritonConfig() if head_dim <= 64 else _WIDE_HEAD_CONFIG
+    return TritonConfig() if head_dim <= 64 and dtype != torch.float32 else _WIDE_TILE_CONFIG
 
 
 def attention(spec: AttentionSpec) -> torch.Tensor:
     """The registry entry for ``backend="triton"`` (see ``api._BACKENDS``)."""
     q = spec.q
     _check_runnable(q)
-    plan = _Plan.build(spec, default_config(q.device, q.shape[-1]))
+    plan = _Plan.build(spec, default_config(q.device, q.shape[-1], q.dtype))
     if q.numel() == 0:
         return torch.zeros_like(q)
     return _TritonAttention.apply(plan, q, spec.k, spec.v, spec.q_global, spec.k_global, spec.v_global)
