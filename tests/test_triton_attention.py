@@ -332,3 +332,46 @@ def test_local_kernels_compile_for_sm90_without_a_gpu():
     assert run.returncode == 0, run.stderr[-3000:]
     built = [line.split()[0] for line in run.stdout.splitlines()[1:]]
     assert built == ["local_fwd_kernel", "local_bwd_dq_kernel", "local_bwd_dkdv_kernel"], run.stdout
+
+
+# ----------------------------------------------------------------------------------------------
+# benchmarks/attention_gpu.py: its CPU-side behaviour (the timings themselves need a GPU)
+
+
+def _load_gpu_benchmark():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "attention_gpu.py"
+    spec = importlib.util.spec_from_file_location("attention_gpu", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_gpu_benchmark_reports_targets_and_plots_from_rows(tmp_path, capsys):
+    bench = _load_gpu_benchmark()
+    assert bench.useful_flops(16384, 512, 12, 64, 1, "fwd") == 4 * 16384 * 513 * 64 * 12
+
+    def row(impl, ms, T=16384, note=""):
+        return dict(impl=impl, T=T, window=512, dtype="bf16", mode="fwdbwd", ms=ms,
+                    peak_mib=None if ms is None else 100.0, tflops=None if ms is None else 50.0, note=note)
+
+    rows = [row("triton", 2.0), row("flex", 2.5), row("fa2", 1.5), row("triton-dil", 2.6),
+            row("triton", 8.0, T=65536), row("sdpa", None, T=65536, note="out of memory")]
+    bench.print_table(rows)
+    bench.check_targets(rows)
+    text = capsys.readouterr().out
+    assert "PASS  at least as fast as FlexAttention: ours/theirs = 0.80" in text
+    assert "FAIL  within 1.25x of FlashAttention-2 local: ours/theirs = 1.33" in text
+    assert "FAIL  dilation on 2 heads costs at most 1.2x: 1.30x" in text
+    assert "T=65536: sdpa out of memory" in text
+    bench.plot(rows, tmp_path / "plot.png")
+    assert (tmp_path / "plot.png").stat().st_size > 1000
+
+
+def test_gpu_benchmark_without_cuda_exits_with_a_clear_message():
+    if torch.cuda.is_available():
+        pytest.skip("has CUDA")
+    with pytest.raises(SystemExit, match="needs a CUDA GPU"):
+        _load_gpu_benchmark().main(["--lengths", "1024"])
