@@ -262,6 +262,27 @@ def _dense_with_dropout_scale(tensors, scale, window, dilation, global_mask):
 
 
 # ----------------------------------------------------------------------------------------------
+# torch.library registration (what torch.compile relies on): schema, autograd, fake tensors, AOT
+
+
+def test_custom_op_passes_opcheck():
+    import dataclasses
+
+    from triton_kernels import triton_attention as ta
+
+    B, H, T, D = 1, 2, 20, 16
+    tensors = [torch.randn(B, H, T, D, requires_grad=True) for _ in range(6)]
+    glob = torch.zeros(B, T, dtype=torch.bool)
+    glob[0, 3] = True
+    pad = torch.zeros(B, T, dtype=torch.bool)
+    pad[0, 18:] = True
+    config = list(dataclasses.astuple(ta.default_config(torch.device("cpu"), D)))
+    args = (*tensors, pad, glob, 4, [1, 2], False, 0.25, 0.0, 0, config, "ieee")
+    result = torch.library.opcheck(ta.triton_forward, args)
+    assert set(result.values()) == {"SUCCESS"}, result
+
+
+# ----------------------------------------------------------------------------------------------
 # errors
 
 

@@ -20,9 +20,10 @@ with :func:`use_config` (benchmarks, tests of tile-boundary behaviour).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Iterator, List, Optional, Tuple
 
 import torch
 import triton
@@ -92,10 +93,18 @@ def attention(spec: AttentionSpec) -> torch.Tensor:
     """The registry entry for ``backend="triton"`` (see ``api._BACKENDS``)."""
     q = spec.q
     _check_runnable(q)
-    plan = _Plan.build(spec, default_config(q.device, q.shape[-1], q.dtype))
     if q.numel() == 0:
         return torch.zeros_like(q)
-    return _TritonAttention.apply(plan, q, spec.k, spec.v, spec.q_global, spec.k_global, spec.v_global)
+    config = default_config(q.device, q.shape[-1], q.dtype)
+    # Drawn here, from torch's default generator, so torch.manual_seed makes dropout reproducible
+    # and forward and backward agree on the mask.
+    seed = int(torch.randint(0, 2**31 - 1, (1,)).item()) if spec.dropout_p > 0 else 0
+    tf32 = q.is_cuda and torch.backends.cuda.matmul.allow_tf32  # torch's switch for float32 matmuls
+    statics = _Statics(spec.window, tuple(spec.dilation), spec.causal, spec.scale, spec.dropout_p, seed,
+                       tuple(dataclasses.astuple(config)), "tf32" if tf32 else "ieee")
+    out, _lse = triton_forward(q, spec.k, spec.v, spec.q_global, spec.k_global, spec.v_global,
+                               spec.key_padding_mask, spec.global_mask, *dataclasses.astuple(statics))
+    return out
 
 
 def _check_runnable(q: torch.Tensor) -> None:
@@ -109,6 +118,20 @@ def _check_runnable(q: torch.Tensor) -> None:
             f"backend='triton' needs CUDA tensors, got a tensor on {q.device}; use backend='torch' on CPU "
             "(or set TRITON_INTERPRET=1 before importing triton_kernels to debug the kernels on CPU)"
         )
+
+
+@dataclass(frozen=True)
+class _Statics:
+    """The non-tensor arguments of one call, fixed between its forward and its backward."""
+
+    window: int
+    dilation: tuple[int, ...]
+    causal: bool
+    scale: float
+    dropout_p: float
+    seed: int
+    config: tuple[int, ...]  # dataclasses.astuple(TritonConfig)
+    precision: str = "tf32"  # tl.dot input precision for float32 inputs: "tf32" or "ieee"
 
 
 @dataclass
@@ -134,19 +157,16 @@ class _Plan:
     precision: str
 
     @staticmethod
-    def build(spec: AttentionSpec, config: TritonConfig) -> "_Plan":
-        q = spec.q
+    def build(q: torch.Tensor, pad: torch.Tensor | None, glob: torch.Tensor | None, st: _Statics) -> "_Plan":
+        config = TritonConfig(*st.config)
         B, H, T, D = q.shape
         device = q.device
-        left, right = reaches(spec.window, spec.causal)
-        q_plan = schedule(T, spec.dilation, left, right, config.block_m, config.block_n, device)
-        dq_plan = schedule(T, spec.dilation, left, right, config.bwd_block_m, config.bwd_block_n, device)
-        k_plan = schedule(T, spec.dilation, right, left, config.bwd_block_n, config.bwd_block_m, device)
+        left, right = reaches(st.window, st.causal)
+        q_plan = schedule(T, st.dilation, left, right, config.block_m, config.block_n, device)
+        dq_plan = schedule(T, st.dilation, left, right, config.bwd_block_m, config.bwd_block_n, device)
+        k_plan = schedule(T, st.dilation, right, left, config.bwd_block_n, config.bwd_block_m, device)
 
-        pad, glob = spec.key_padding_mask, spec.global_mask
-        excluded = None
-        if pad is not None:
-            excluded = pad
+        excluded = pad  # keys the local pass must not see in any window: padding, and globals below
         gidx = gcount = None
         g_max = 0
         if glob is not None:
@@ -159,15 +179,9 @@ class _Plan:
                 excluded = glob if excluded is None else (excluded | glob)
         key_bias = None if excluded is None else _neg_inf_where(excluded)
         pad_bias = None if pad is None else _neg_inf_where(pad)
-
-        seed = 0
-        if spec.dropout_p > 0:
-            # drawn from torch's default generator, so torch.manual_seed makes dropout reproducible
-            seed = int(torch.randint(0, 2**31 - 1, (1,)).item())
-        fp32_tf32 = q.is_cuda and torch.backends.cuda.matmul.allow_tf32
-        precision = "tf32" if (q.dtype != torch.float32 or fp32_tf32) else "ieee"
-        return _Plan(config, (B, H, T, D), spec.scale, spec.dropout_p, seed, left, right,
-                     torch.tensor(spec.dilation, dtype=torch.int32, device=device), q_plan, dq_plan, k_plan,
+        precision = st.precision if q.dtype == torch.float32 else "tf32"  # only fp32 dots read it
+        return _Plan(config, (B, H, T, D), st.scale, st.dropout_p, st.seed, left, right,
+                     torch.tensor(st.dilation, dtype=torch.int32, device=device), q_plan, dq_plan, k_plan,
                      key_bias, pad_bias, gidx if g_max else None, gcount if g_max else None, g_max, precision)
 
     @property
@@ -276,23 +290,76 @@ def _backward(plan: _Plan, dout, q, k, v, qg, kg, vg, out, lse):
     return dq, dk, dv, dqg, dkg, dvg
 
 
-class _TritonAttention(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, plan: _Plan, q, k, v, qg, kg, vg):
-        out, lse = _forward(plan, q, k, v, qg, kg, vg)
-        ctx.plan = plan
-        ctx.save_for_backward(q, k, v, qg, kg, vg, out, lse)
-        return out
+# ------------------------------------------------------------------------------------------------
+# torch.library custom ops: torch.compile sees one opaque node per direction (no graph break on the
+# host-side planning, which syncs once for the number of global tokens), with fake impls for shapes.
 
-    @staticmethod
-    def backward(ctx, dout):
-        q, k, v, qg, kg, vg, out, lse = ctx.saved_tensors
-        grads = _backward(ctx.plan, dout, q, k, v, qg, kg, vg, out, lse)
-        if qg is None:
-            grads = grads[:3] + (None, None, None)
-        elif grads[3] is None:  # global_mask given but no token is global: zero grads, right shape
-            grads = grads[:3] + tuple(torch.zeros_like(t) for t in (qg, kg, vg))
-        return (None, *grads)
+def _statics(window, dilation, causal, scale, dropout_p, seed, config, precision) -> _Statics:
+    return _Statics(window, tuple(dilation), causal, scale, dropout_p, seed, tuple(config), precision)
+
+
+# Autograd is registered on the forward op (``register_autograd``): the torch.library form of an
+# autograd.Function, which torch.compile can trace through.
+
+
+@torch.library.custom_op("longformer::triton_forward", mutates_args=())
+def triton_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_global: Optional[torch.Tensor],
+                   k_global: Optional[torch.Tensor], v_global: Optional[torch.Tensor],
+                   key_padding_mask: Optional[torch.Tensor], global_mask: Optional[torch.Tensor],
+                   window: int, dilation: List[int], causal: bool, scale: float, dropout_p: float, seed: int,
+                   config: List[int], precision: str) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Output [B,H,T,D] and the float32 log2-domain log-sum-exp [B,H,T] that backward needs."""
+    st = _statics(window, dilation, causal, scale, dropout_p, seed, config, precision)
+    plan = _Plan.build(q, key_padding_mask, global_mask, st)
+    return _forward(plan, q, k, v, q_global, k_global, v_global)
+
+
+@triton_forward.register_fake
+def _(q, k, v, q_global, k_global, v_global, key_padding_mask, global_mask, window, dilation, causal, scale,
+      dropout_p, seed, config, precision):
+    B, H, T, _ = q.shape
+    return q.new_empty(q.shape), q.new_empty((B, H, T), dtype=torch.float32)
+
+
+@torch.library.custom_op("longformer::triton_backward", mutates_args=())
+def triton_backward(dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                    q_global: Optional[torch.Tensor], k_global: Optional[torch.Tensor],
+                    v_global: Optional[torch.Tensor], out: torch.Tensor, lse: torch.Tensor,
+                    key_padding_mask: Optional[torch.Tensor], global_mask: Optional[torch.Tensor],
+                    window: int, dilation: List[int], causal: bool, scale: float, dropout_p: float, seed: int,
+                    config: List[int], precision: str) -> List[torch.Tensor]:
+    """[dq, dk, dv] plus [dq_global, dk_global, dv_global] when the global projections were given."""
+    st = _statics(window, dilation, causal, scale, dropout_p, seed, config, precision)
+    plan = _Plan.build(q, key_padding_mask, global_mask, st)
+    dq, dk, dv, dqg, dkg, dvg = _backward(plan, dout, q, k, v, q_global, k_global, v_global, out, lse)
+    if q_global is None:
+        return [dq, dk, dv]
+    if dqg is None:  # global_mask given but no token is global: their gradients are zero
+        dqg, dkg, dvg = (torch.zeros_like(t) for t in (q_global, k_global, v_global))
+    return [dq, dk, dv, dqg, dkg, dvg]
+
+
+@triton_backward.register_fake
+def _(dout, q, k, v, q_global, k_global, v_global, out, lse, key_padding_mask, global_mask, window, dilation,
+      causal, scale, dropout_p, seed, config, precision):
+    n = 3 if q_global is None else 6
+    return [q.new_empty(q.shape) for _ in range(n)]
+
+
+def _setup_context(ctx, inputs, output):
+    q, k, v, qg, kg, vg, pad, glob, *statics = inputs
+    ctx.save_for_backward(q, k, v, qg, kg, vg, pad, glob, *output)
+    ctx.statics = statics
+
+
+def _backward_formula(ctx, dout, _dlse):
+    q, k, v, qg, kg, vg, pad, glob, out, lse = ctx.saved_tensors
+    grads = triton_backward(dout, q, k, v, qg, kg, vg, out, lse, pad, glob, *ctx.statics)
+    grads = list(grads) + [None] * (6 - len(grads))
+    return (*grads, None, None) + (None,) * len(ctx.statics)
+
+
+triton_forward.register_autograd(_backward_formula, setup_context=_setup_context)
 
 
 def tile_flops(seq_len: int, window: int, heads: int, head_dim: int) -> float:
