@@ -149,34 +149,39 @@ def _banded(q, k, v, key_ok, spec: AttentionSpec, extra, extra_mask) -> torch.Te
     blocks = math.ceil(n / block)
     span = before + block + after
     n_pad = blocks * block
+    N = B * S * blocks  # one SDPA batch entry per query block
 
-    def spans(x, fill):  # [..., n, *] -> [..., blocks, span, *] overlapping key spans
-        x = F.pad(x, (0, 0, before, n_pad - n + after), value=fill)
-        return x.unfold(-2, span, block).transpose(-1, -2)
+    def rows(x):  # [B, Hg, S, n, D] -> [B*S*n_pad, Hg, D]: token-major, heads inner
+        x = F.pad(x.permute(0, 2, 3, 1, 4), (0, 0, 0, 0, 0, n_pad - n))
+        return x.reshape(B * S * n_pad, Hg, D)
 
-    def query_blocks(x, fill):  # [..., n, *] -> [..., blocks, block, *]
+    def key_spans(x):  # -> [N, Hg, span, D], overlapping views into one buffer, nothing copied
+        # All B*S sequences lie end to end, so one stride walks every block's span. A span that runs
+        # past its own sequence reads the neighbour's tokens (or the zero margins): masked out below.
+        buffer = F.pad(rows(x), (0, 0, 0, 0, before, after)).view(-1, Hg * D)
+        return buffer.unfold(0, span, block).view(N, Hg, D, span).transpose(-1, -2)
+
+    def per_block(x, fill):  # [B, S, n, *] -> [N, block, *]
         x = F.pad(x, (0, 0, 0, n_pad - n), value=fill)
-        return x.view(*x.shape[:-2], blocks, block, x.shape[-1])
+        return x.reshape(N, block, x.shape[-1])
 
-    qb = query_blocks(q, 0.0)
-    kb, vb = spans(k, 0.0), spans(v, 0.0)
-    ok = spans(key_ok[..., None], False)[..., 0]  # [B, S, blocks, span]
-    query_pad = query_blocks(~key_ok[..., None], True)  # [B, S, blocks, block, 1]
-    mask = band(block, span, window, spec.causal).to(q.device) & ok[..., None, :]
+    queries = rows(q).view(N, block, Hg, D).transpose(1, 2)
+    keys, values = key_spans(k), key_spans(v)
+    key_ok = F.pad(key_ok, (before, n_pad - n + after), value=False)  # [B, S, before + n_pad + after]
+    span_ok = key_ok.unfold(-1, span, block).reshape(N, 1, span)
+    mask = band(block, span, window, spec.causal).to(q.device) & span_ok
     if extra is not None:
-        kb = torch.cat([kb, extra[0][:, :, :, None].expand(-1, -1, -1, blocks, -1, -1)], dim=-2)
-        vb = torch.cat([vb, extra[1][:, :, :, None].expand(-1, -1, -1, blocks, -1, -1)], dim=-2)
-        mask = torch.cat([mask, query_blocks(extra_mask, False)], dim=-1)
-    mask = mask | query_pad
+        def with_extra(spans, x):  # the G global keys join every block's span (this copies the spans)
+            x = x[:, :, :, None].expand(B, Hg, S, blocks, *x.shape[-2:]).permute(0, 2, 3, 1, 4, 5)
+            return torch.cat([spans, x.reshape(N, Hg, -1, D)], dim=-2)
 
-    # SDPA's fused kernels want 4-d inputs; heads go in SDPA's head dim so the mask broadcasts over them.
-    def as_4d(x):  # [B, Hg, S, blocks, L, D] -> [B*S*blocks, Hg, L, D]
-        return x.permute(0, 2, 3, 1, 4, 5).reshape(B * S * blocks, Hg, x.shape[-2], D)
+        keys, values = with_extra(keys, extra[0]), with_extra(values, extra[1])
+        mask = torch.cat([mask.expand(N, block, span), per_block(extra_mask, False)], dim=-1)
+    mask = mask | per_block(~key_ok[..., before:before + n, None], True)
 
+    # Heads sit in SDPA's head dim so the [N, 1, block, keys] mask broadcasts over them.
     out = F.scaled_dot_product_attention(
-        as_4d(qb), as_4d(kb), as_4d(vb),
-        attn_mask=mask.reshape(B * S * blocks, 1, block, mask.shape[-1]),
-        dropout_p=spec.dropout_p, scale=spec.scale,
-    )
+        queries, keys, values, attn_mask=mask[:, None], dropout_p=spec.dropout_p, scale=spec.scale,
+    )  # [N, Hg, block, D]
     out = out.view(B, S, blocks, Hg, block, D).permute(0, 3, 1, 2, 4, 5)
     return out.reshape(B, Hg, S, n_pad, D)[..., :n, :]
