@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -293,6 +294,8 @@ def main(argv: Iterable[str] | None = None) -> list[dict]:
     if args.data is not None and not (Path(args.data) / "dict.txt").is_file():
         raise SystemExit(f"error: --data {args.data} has no dict.txt; pass the --output directory of "
                          f"longformer-prep-charlm")
+    # SIGTERM (a scheduler's kill) unwinds like Ctrl-C, so the running fairseq child is stopped too.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     try:
         records = run_schedule(Path(args.config), Path(args.save_dir), args.data, args.overrides)
     except ScheduleError as err:
