@@ -13,8 +13,11 @@ backward  1. ``local_bwd_dkdv_kernel``  per key tile, over the query tiles that 
 Memory is O(T*D) plus one float32 log-sum-exp per (batch, head, token); no score tensor is stored.
 Dropout is exact and in-kernel: Philox keyed by (seed, flat pair index), regenerated in backward.
 
-Block sizes default to 64x64 on CUDA and 16x16 under ``TRITON_INTERPRET=1`` (CPU tests); change them
-with :func:`use_config` (benchmarks, tests of tile-boundary behaviour).
+Both directions are ``torch.library`` custom ops (``longformer::triton_forward`` / ``_backward``)
+with fake implementations and ``register_autograd``, so ``torch.compile`` keeps them as opaque nodes.
+
+Tiles default to 64x64 forward / 32x64 backward on CUDA and 16x16 under ``TRITON_INTERPRET=1`` (CPU
+tests); change them with :func:`use_config` (benchmarks, tests of tile-boundary behaviour).
 """
 
 from __future__ import annotations
@@ -362,9 +365,5 @@ def _backward_formula(ctx, dout, _dlse):
 triton_forward.register_autograd(_backward_formula, setup_context=_setup_context)
 
 
-def tile_flops(seq_len: int, window: int, heads: int, head_dim: int) -> float:
-    """Useful forward FLOPs of windowed attention, ``4*T*(w+1)*D*H`` (two matmuls, 2 FLOPs per MAC)."""
-    return 4.0 * seq_len * (window + 1) * head_dim * heads
-
-
-__all__ = ["TritonConfig", "attention", "use_config", "SUPPORTED_DTYPES", "tile_flops"]
+__all__ = ["SUPPORTED_DTYPES", "TritonConfig", "attention", "default_config", "triton_backward", "triton_forward",
+           "use_config"]
