@@ -20,7 +20,7 @@ import sys
 import tempfile
 from dataclasses import dataclass
 
-_POINTERS_INPUT = {"Q", "K", "V", "Out", "QG", "KG", "VG", "DO", "DQ", "DK", "DV", "DQG", "DKG", "DVG"}
+_POINTERS_INPUT = {"Q", "K", "V", "O", "Out", "QG", "KG", "VG", "DO", "DQ", "DK", "DV", "DQG", "DKG", "DVG"}
 _POINTERS_F32 = {"Lse", "Delta", "KeyBias", "PadBias"}
 _POINTERS_I32 = {"GIdx", "GCount", "Plan", "NTiles", "Dil"}
 _FLOAT_SCALARS = {"qk_scale", "sm_scale", "p_drop"}
@@ -54,6 +54,7 @@ def _kernels(head_dim: int, dtype: str):
         (G.global_bwd_dq_kernel, dict(HAS_PAD=True), bwd),
         (G.global_bwd_dkdv_kernel, dict(HAS_PAD=True), bwd),
         (G.global_keys_bwd_kernel, {}, bwd),
+        (L.row_dot_kernel, {}, dict(BLOCK_M=64, BLOCK_N=0, num_warps=4)),
     ], cfg.num_stages
 
 
@@ -109,8 +110,12 @@ def build_all(arch: int = 90, dtypes=("fp16",), head_dim: int = 64, dropout=(Fal
             if only not in fn.fn.__name__:
                 continue
             for drop in dropout:
+                params = inspect.signature(fn.fn).parameters
+                if drop and "DROPOUT" not in params:
+                    continue
                 constexprs = dict(flags, DROPOUT=drop, PRECISION="tf32", BLOCK_D=block_d,
                                   BLOCK_M=launch["BLOCK_M"], BLOCK_N=launch["BLOCK_N"])
+                constexprs = {name: value for name, value in constexprs.items() if name in params}
                 src = ASTSource(fn=fn, signature=_signature(fn, dtype, constexprs), constexprs=constexprs)
                 compiled = triton.compile(src, target=GPUTarget("cuda", arch, 32),
                                           options=dict(num_warps=launch["num_warps"], num_stages=num_stages))

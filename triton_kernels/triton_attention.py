@@ -34,7 +34,7 @@ import triton
 from .api import AttentionSpec
 from .triton_global import (global_bwd_dkdv_kernel, global_bwd_dq_kernel, global_fwd_kernel,
                             global_keys_bwd_kernel)
-from .triton_local import local_bwd_dkdv_kernel, local_bwd_dq_kernel, local_fwd_kernel
+from .triton_local import local_bwd_dkdv_kernel, local_bwd_dq_kernel, local_fwd_kernel, row_dot_kernel
 from .triton_schedule import reaches, schedule
 
 _LOG2E = 1.4426950408889634
@@ -246,7 +246,12 @@ def _backward(plan: _Plan, dout, q, k, v, qg, kg, vg, out, lse):
     B, H, T, D = plan.shape
     dout = dout.to(q.dtype)
     # Delta_i = sum_j P_ij dP_ij = dO_i . O_i (holds with dropout too); O is 0 on padding rows.
-    delta = (dout.float() * out.float()).sum(-1).contiguous()
+    delta = torch.empty((B, H, T), dtype=torch.float32, device=q.device)
+    rows = 64 if q.is_cuda else 16
+    row_dot_kernel[(triton.cdiv(T, rows), B * H)](
+        out, dout, delta, *_strides(out), *_strides(dout), H, T, D,
+        BLOCK_M=rows, BLOCK_D=max(16, triton.next_power_of_2(D)),
+    )
     dq, dk, dv = (torch.empty((B, H, T, D), dtype=q.dtype, device=q.device) for _ in range(3))
     qk_scale = plan.scale * _LOG2E
     key_bias = _or_dummy(plan.key_bias, delta)

@@ -305,3 +305,24 @@ def local_bwd_dkdv_kernel(
                offs_d, d_ok, sdk_t, sdk_d)
     store_rows(DV + b.to(tl.int64) * sdv_b + h.to(tl.int64) * sdv_h, dv, tok_n, n_ok,
                offs_d, d_ok, sdv_t, sdv_d)
+
+
+@triton.jit
+def row_dot_kernel(O, DO, Delta, so_b, so_h, so_t, so_d, sdo_b, sdo_h, sdo_t, sdo_d,
+                   H, seq_len, head_dim, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
+    """Backward preprocessing: ``Delta[b, h, t] = dO[b, h, t] . O[b, h, t]`` in float32.
+
+    (Delta_i = sum_j P_ij dP_ij, the softmax-backward row term; it holds with dropout too.) One read
+    of O and dO in their own dtype instead of two float32 copies.
+    """
+    bh = tl.program_id(1)
+    b = bh // H
+    h = bh % H
+    tok = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    ok = tok < seq_len
+    offs_d = tl.arange(0, BLOCK_D)
+    d_ok = offs_d < head_dim
+    o = load_rows(O + b.to(tl.int64) * so_b + h.to(tl.int64) * so_h, tok, ok, offs_d, d_ok, so_t, so_d)
+    do = load_rows(DO + b.to(tl.int64) * sdo_b + h.to(tl.int64) * sdo_h, tok, ok, offs_d, d_ok, sdo_t, sdo_d)
+    delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)
+    tl.store(Delta + bh.to(tl.int64) * seq_len + tok, delta, mask=ok)
