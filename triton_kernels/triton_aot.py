@@ -21,7 +21,7 @@ import tempfile
 from dataclasses import dataclass
 
 _POINTERS_INPUT = {"Q", "K", "V", "O", "Out", "QG", "KG", "VG", "DO", "DQ", "DK", "DV", "DQG", "DKG", "DVG"}
-_POINTERS_F32 = {"Lse", "Delta", "KeyBias", "PadBias"}
+_POINTERS_F32 = {"Lse", "Delta", "KeyBias", "PadBias", "OPart", "MPart", "LPart", "DQPart", "DKPart", "DVPart"}
 _POINTERS_I32 = {"GIdx", "GCount", "Plan", "NTiles", "Dil"}
 _FLOAT_SCALARS = {"qk_scale", "sm_scale", "p_drop"}
 

@@ -58,16 +58,17 @@ class TritonConfig:
     bwd_block_m: int = 32
     bwd_block_n: int = 64
     bwd_num_warps: int = 4
+    global_split: int = 1024  # tokens per program in the global kernels that reduce over T
 
     def __post_init__(self):
-        for name in ("block_m", "block_n", "bwd_block_m", "bwd_block_n"):
+        for name in ("block_m", "block_n", "bwd_block_m", "bwd_block_n", "global_split"):
             size = getattr(self, name)
             if size < 16 or size & (size - 1):
                 raise ValueError(f"{name} must be a power of two >= 16 (tl.dot's minimum), got {size}")
 
 
 _INTERPRETER_CONFIG = TritonConfig(block_m=16, block_n=16, num_warps=1, num_stages=1,
-                                   bwd_block_m=16, bwd_block_n=16, bwd_num_warps=1)
+                                   bwd_block_m=16, bwd_block_n=16, bwd_num_warps=1, global_split=32)
 # head_dim > 64 or float32 tiles: twice the registers per tile, so twice the warps to hold them
 _WIDE_TILE_CONFIG = TritonConfig(num_warps=8, bwd_num_warps=8)
 _override: TritonConfig | None = None
@@ -156,6 +157,7 @@ class _Plan:
     pad_bias: torch.Tensor | None  # [B, T] f32: -inf on padding keys (global pass)
     gidx: torch.Tensor | None  # [B, G] int32 global token positions, in order
     gcount: torch.Tensor | None  # [B] int32
+    gvalid: torch.Tensor | None  # [B, G] bool: g < gcount[b]
     g_max: int
     precision: str
 
@@ -170,7 +172,7 @@ class _Plan:
         k_plan = schedule(T, st.dilation, right, left, config.bwd_block_n, config.bwd_block_m, device)
 
         excluded = pad  # keys the local pass must not see in any window: padding, and globals below
-        gidx = gcount = None
+        gidx = gcount = gvalid = None
         g_max = 0
         if glob is not None:
             gcount = glob.sum(dim=1, dtype=torch.int32)
@@ -179,17 +181,24 @@ class _Plan:
                 # stable sort puts each row's global positions first, in sequence order
                 order = torch.sort((~glob).to(torch.int8), dim=1, stable=True).indices
                 gidx = order[:, :g_max].to(torch.int32).contiguous()
+                gvalid = torch.arange(g_max, device=device)[None, :] < gcount[:, None]
                 excluded = glob if excluded is None else (excluded | glob)
         key_bias = None if excluded is None else _neg_inf_where(excluded)
         pad_bias = None if pad is None else _neg_inf_where(pad)
         precision = st.precision if q.dtype == torch.float32 else "tf32"  # only fp32 dots read it
         return _Plan(config, (B, H, T, D), st.scale, st.dropout_p, st.seed, left, right,
                      torch.tensor(st.dilation, dtype=torch.int32, device=device), q_plan, dq_plan, k_plan,
-                     key_bias, pad_bias, gidx if g_max else None, gcount if g_max else None, g_max, precision)
+                     key_bias, pad_bias, gidx if g_max else None, gcount if g_max else None,
+                     gvalid, g_max, precision)
 
     @property
     def has_global(self) -> bool:
         return self.g_max > 0
+
+    @property
+    def n_splits(self) -> int:
+        """How many pieces the O(G*T) global kernels cut T into (see ``TritonConfig.global_split``)."""
+        return triton.cdiv(self.shape[2], self.config.global_split)
 
     def launch_options(self, backward: bool) -> dict:
         """Constexprs and launch options shared by every kernel of one direction."""
@@ -217,7 +226,6 @@ def _or_dummy(t: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
 
 def _forward(plan: _Plan, q, k, v, qg, kg, vg) -> tuple[torch.Tensor, torch.Tensor]:
     B, H, T, D = plan.shape
-    cfg = plan.config
     out = torch.empty((B, H, T, D), dtype=q.dtype, device=q.device)
     lse = torch.full((B, H, T), float("inf"), dtype=torch.float32, device=q.device)
     table, n_tiles = plan.q_plan
@@ -233,13 +241,47 @@ def _forward(plan: _Plan, q, k, v, qg, kg, vg) -> tuple[torch.Tensor, torch.Tens
         HAS_BIAS=plan.key_bias is not None, HAS_GLOBAL=plan.has_global, **plan.launch_options(False),
     )
     if plan.has_global:
-        global_fwd_kernel[(triton.cdiv(plan.g_max, cfg.block_m), B * H)](
-            qg, kg, vg, out, lse, _or_dummy(plan.pad_bias, dummy_f), plan.gidx, plan.gcount,
-            *_strides(qg), *_strides(kg), *_strides(vg), *_strides(out),
-            H, T, D, plan.g_max, qk_scale, plan.dropout_p, plan.seed,
-            HAS_PAD=plan.pad_bias is not None, **plan.launch_options(False),
-        )
+        _global_forward(plan, qg, kg, vg, out, lse)
     return out, lse
+
+
+def _global_forward(plan: _Plan, qg, kg, vg, out, lse) -> None:
+    """Global rows over all keys, split along T; partial softmaxes merged here, rows written into out/lse."""
+    B, H, T, D = plan.shape
+    opts = plan.launch_options(False)
+    G, n_splits, block_d = plan.g_max, plan.n_splits, opts["BLOCK_D"]
+    f32 = dict(dtype=torch.float32, device=qg.device)
+    o_part = torch.zeros((B * H, n_splits, G, block_d), **f32)
+    m_part = torch.full((B * H, n_splits, G), float("-inf"), **f32)
+    l_part = torch.zeros((B * H, n_splits, G), **f32)
+    global_fwd_kernel[(triton.cdiv(G, opts["BLOCK_M"]), n_splits, B * H)](
+        qg, kg, vg, o_part, m_part, l_part, _or_dummy(plan.pad_bias, lse), plan.gidx, plan.gcount,
+        *_strides(qg), *_strides(kg), *_strides(vg),
+        H, T, D, G, plan.config.global_split, n_splits, plan.scale * _LOG2E, plan.dropout_p, plan.seed,
+        HAS_PAD=plan.pad_bias is not None, **opts,
+    )
+    m = m_part.amax(dim=1)  # [BH, G]; -inf only on rows past a batch row's global count (never written)
+    weight = torch.exp2(m_part - m[:, None])
+    l = (l_part * weight).sum(dim=1)
+    o = (o_part * weight[..., None]).sum(dim=1)[..., :D] / l[..., None]
+    _write_global_rows(out, o.view(B, H, G, D), plan)
+    _write_global_rows(lse, (m + torch.log2(l)).view(B, H, G), plan)
+
+
+def _write_global_rows(dest: torch.Tensor, rows: torch.Tensor, plan: _Plan, accumulate: bool = False) -> None:
+    """``dest[b, :, gidx[b, g]] (+)= rows[b, :, g]`` for the real global tokens ``g < gcount[b]``.
+
+    Rows past a batch row's count are read back and rewritten unchanged (no host sync to drop them).
+    """
+    B, G = plan.gidx.shape
+    b_idx = torch.arange(B, device=dest.device)[:, None]
+    tok = plan.gidx.long()
+    current = dest[b_idx, :, tok]  # [B, G, H, ...]
+    new = rows.transpose(1, 2)
+    if accumulate:
+        new = current.float() + new
+    keep = plan.gvalid.view(B, G, *([1] * (current.dim() - 2)))
+    dest[b_idx, :, tok] = torch.where(keep, new.to(dest.dtype), current)
 
 
 def _backward(plan: _Plan, dout, q, k, v, qg, kg, vg, out, lse):
@@ -275,20 +317,29 @@ def _backward(plan: _Plan, dout, q, k, v, qg, kg, vg, out, lse):
     if not plan.has_global:
         return dq, dk, dv, None, None, None
 
-    global_keys_bwd_kernel[(triton.cdiv(plan.g_max, cfg_n), B * H)](
-        q, k, v, dout, dk, dv, lse, delta, plan.key_bias, plan.gidx, plan.gcount,
-        *_strides(q), *_strides(k), *_strides(v), *_strides(dout), *_strides(dk), *_strides(dv),
-        H, T, D, plan.g_max, qk_scale, plan.scale, plan.dropout_p, plan.seed, **common,
+    G, n_splits, split, block_d = plan.g_max, plan.n_splits, plan.config.global_split, common["BLOCK_D"]
+    f32 = dict(dtype=torch.float32, device=q.device)
+    dk_part, dv_part = (torch.zeros((B * H, n_splits, G, block_d), **f32) for _ in range(2))
+    global_keys_bwd_kernel[(triton.cdiv(G, cfg_n), n_splits, B * H)](
+        q, k, v, dout, dk_part, dv_part, lse, delta, plan.key_bias, plan.gidx, plan.gcount,
+        *_strides(q), *_strides(k), *_strides(v), *_strides(dout),
+        H, T, D, G, split, n_splits, qk_scale, plan.dropout_p, plan.seed, **common,
     )
+    # after local_bwd_dkdv_kernel (same stream), which wrote these rows without the global-key term
+    _write_global_rows(dk, (dk_part.sum(dim=1)[..., :D] * plan.scale).view(B, H, G, D), plan, accumulate=True)
+    _write_global_rows(dv, dv_part.sum(dim=1)[..., :D].view(B, H, G, D), plan, accumulate=True)
+
     pad_bias = _or_dummy(plan.pad_bias, delta)
-    dqg = torch.zeros((B, H, T, D), dtype=q.dtype, device=q.device)  # only global rows are written
-    dkg, dvg = (torch.empty((B, H, T, D), dtype=q.dtype, device=q.device) for _ in range(2))
-    global_bwd_dq_kernel[(triton.cdiv(plan.g_max, cfg_m), B * H)](
-        qg, kg, vg, dout, dqg, lse, delta, pad_bias, plan.gidx, plan.gcount,
-        *_strides(qg), *_strides(kg), *_strides(vg), *_strides(dout), *_strides(dqg),
-        H, T, D, plan.g_max, qk_scale, plan.scale, plan.dropout_p, plan.seed,
+    dq_part = torch.zeros((B * H, n_splits, G, block_d), **f32)
+    global_bwd_dq_kernel[(triton.cdiv(G, cfg_m), n_splits, B * H)](
+        qg, kg, vg, dout, dq_part, lse, delta, pad_bias, plan.gidx, plan.gcount,
+        *_strides(qg), *_strides(kg), *_strides(vg), *_strides(dout),
+        H, T, D, G, split, n_splits, qk_scale, plan.dropout_p, plan.seed,
         HAS_PAD=plan.pad_bias is not None, **common,
     )
+    dqg = torch.zeros((B, H, T, D), dtype=q.dtype, device=q.device)  # nonzero only on global rows
+    _write_global_rows(dqg, (dq_part.sum(dim=1)[..., :D] * plan.scale).view(B, H, G, D), plan)
+    dkg, dvg = (torch.empty((B, H, T, D), dtype=q.dtype, device=q.device) for _ in range(2))
     global_bwd_dkdv_kernel[(triton.cdiv(T, cfg_n), B * H)](
         qg, kg, vg, dout, dkg, dvg, lse, delta, pad_bias, plan.gidx, plan.gcount,
         *_strides(qg), *_strides(kg), *_strides(vg), *_strides(dout), *_strides(dkg), *_strides(dvg),

@@ -1,10 +1,15 @@
 """Triton kernels for global attention (DESIGN.md §3), O(G*T) each.
 
 * ``global_fwd_kernel`` / ``global_bwd_dq_kernel``: the G global query rows (``q_global``) over every
-  non-padding key (``k_global``, ``v_global``); one program per tile of global rows.
+  non-padding key (``k_global``, ``v_global``).
 * ``global_bwd_dkdv_kernel``: dk_global/dv_global, one program per key tile, looping over the global rows.
 * ``global_keys_bwd_kernel``: the extra key tile of the local pass -- what every local query sent to
-  the global tokens' *local* k/v -- added onto the local pass's dk/dv at the global rows.
+  the global tokens' *local* k/v.
+
+G is small and T long, so the three kernels that reduce over T are *split* along it: program
+``(g tile, split, b*H + h)`` covers ``split_len`` keys (or queries) and writes float32 partials
+``[B*H, n_splits, G, D]`` (plus the running max and sum for the softmax), which the host combines.
+Without the split a launch would be only ``B*H`` programs each walking all of T.
 
 ``GIdx[b, :GCount[b]]`` lists the global tokens of batch row ``b`` in order.
 """
@@ -14,8 +19,8 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .triton_tiles import (dropout_scale, finish_rows, kv_grad_step, load_rows, mma, online_softmax_step,
-                           q_grad_step, store_rows)
+from .triton_tiles import (dropout_scale, kv_grad_step, load_rows, mma, online_softmax_step, q_grad_step,
+                           store_rows)
 
 
 @triton.jit
@@ -37,18 +42,28 @@ def _key_mask(PadBias, b, tok_n, n_ok, seq_len, HAS_PAD: tl.constexpr, BLOCK_N: 
 
 
 @triton.jit
+def _partial_rows(Part, bh, split, n_splits, g_max, offs_g, offs_d):
+    """Pointers to rows ``offs_g`` of the float32 partial ``[B*H, n_splits, g_max, BLOCK_D]``."""
+    row = (bh.to(tl.int64) * n_splits + split) * g_max + offs_g
+    return Part + row[:, None] * offs_d.shape[0] + offs_d[None, :]
+
+
+@triton.jit
 def global_fwd_kernel(
-    QG, KG, VG, Out, Lse, PadBias, GIdx, GCount,
-    sq_b, sq_h, sq_t, sq_d, sk_b, sk_h, sk_t, sk_d, sv_b, sv_h, sv_t, sv_d, so_b, so_h, so_t, so_d,
-    H, seq_len, head_dim, g_max, qk_scale, p_drop, seed,
+    QG, KG, VG, OPart, MPart, LPart, PadBias, GIdx, GCount,
+    sq_b, sq_h, sq_t, sq_d, sk_b, sk_h, sk_t, sk_d, sv_b, sv_h, sv_t, sv_d,
+    H, seq_len, head_dim, g_max, split_len, n_splits, qk_scale, p_drop, seed,
     HAS_PAD: tl.constexpr, DROPOUT: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
-    bh = tl.program_id(1)
+    """Unnormalised partial softmax of global rows over keys ``[split*split_len, +split_len)``."""
+    split = tl.program_id(1)
+    bh = tl.program_id(2)
     b = bh // H
     h = bh % H
-    tok_m, m_ok, n_glob = _global_rows(GIdx, GCount, b, g_max, tl.program_id(0) * BLOCK_M, BLOCK_M)
-    if tl.program_id(0) * BLOCK_M >= n_glob:
+    g0 = tl.program_id(0) * BLOCK_M
+    tok_m, m_ok, n_glob = _global_rows(GIdx, GCount, b, g_max, g0, BLOCK_M)
+    if g0 >= n_glob:
         return
     offs_d = tl.arange(0, BLOCK_D)
     d_ok = offs_d < head_dim
@@ -58,9 +73,11 @@ def global_fwd_kernel(
     acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
-    for n0 in range(0, seq_len, BLOCK_N):
+    start = split * split_len
+    end = tl.minimum(start + split_len, seq_len)
+    for n0 in range(start, end, BLOCK_N):
         tok_n = n0 + tl.arange(0, BLOCK_N)
-        n_ok = tok_n < seq_len
+        n_ok = tok_n < end
         k = load_rows(k_base, tok_n, n_ok, offs_d, d_ok, sk_t, sk_d)
         v = load_rows(v_base, tok_n, n_ok, offs_d, d_ok, sv_t, sv_d)
         s = mma(q, tl.trans(k), PRECISION) * qk_scale
@@ -69,25 +86,29 @@ def global_fwd_kernel(
         if DROPOUT:
             z = dropout_scale(seed, bh, seq_len, tok_m[:, None], tok_n[None, :], p_drop)
         acc, m_i, l_i = online_softmax_step(acc, m_i, l_i, s, v, z, DROPOUT, PRECISION)
-    out, lse = finish_rows(acc, m_i, l_i)
-    store_rows(Out + b.to(tl.int64) * so_b + h.to(tl.int64) * so_h, out, tok_m, m_ok, offs_d, d_ok, so_t, so_d)
-    tl.store(Lse + bh.to(tl.int64) * seq_len + tok_m, lse, mask=m_ok)
+    offs_g = g0 + tl.arange(0, BLOCK_M)
+    tl.store(_partial_rows(OPart, bh, split, n_splits, g_max, offs_g, offs_d), acc, mask=m_ok[:, None])
+    stat = (bh.to(tl.int64) * n_splits + split) * g_max + offs_g
+    tl.store(MPart + stat, m_i, mask=m_ok)
+    tl.store(LPart + stat, l_i, mask=m_ok)
 
 
 @triton.jit
 def global_bwd_dq_kernel(
-    QG, KG, VG, DO, DQG, Lse, Delta, PadBias, GIdx, GCount,
-    sq_b, sq_h, sq_t, sq_d, sk_b, sk_h, sk_t, sk_d, sv_b, sv_h, sv_t, sv_d,
-    sdo_b, sdo_h, sdo_t, sdo_d, sdq_b, sdq_h, sdq_t, sdq_d,
-    H, seq_len, head_dim, g_max, qk_scale, sm_scale, p_drop, seed,
+    QG, KG, VG, DO, DQPart, Lse, Delta, PadBias, GIdx, GCount,
+    sq_b, sq_h, sq_t, sq_d, sk_b, sk_h, sk_t, sk_d, sv_b, sv_h, sv_t, sv_d, sdo_b, sdo_h, sdo_t, sdo_d,
+    H, seq_len, head_dim, g_max, split_len, n_splits, qk_scale, p_drop, seed,
     HAS_PAD: tl.constexpr, DROPOUT: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
-    bh = tl.program_id(1)
+    """Partial dq_global (unscaled) of global rows from the keys of one split."""
+    split = tl.program_id(1)
+    bh = tl.program_id(2)
     b = bh // H
     h = bh % H
-    tok_m, m_ok, n_glob = _global_rows(GIdx, GCount, b, g_max, tl.program_id(0) * BLOCK_M, BLOCK_M)
-    if tl.program_id(0) * BLOCK_M >= n_glob:
+    g0 = tl.program_id(0) * BLOCK_M
+    tok_m, m_ok, n_glob = _global_rows(GIdx, GCount, b, g_max, g0, BLOCK_M)
+    if g0 >= n_glob:
         return
     offs_d = tl.arange(0, BLOCK_D)
     d_ok = offs_d < head_dim
@@ -98,9 +119,11 @@ def global_bwd_dq_kernel(
     lse = tl.load(Lse + bh.to(tl.int64) * seq_len + tok_m, mask=m_ok, other=float("inf"))
     delta = tl.load(Delta + bh.to(tl.int64) * seq_len + tok_m, mask=m_ok, other=0.0)
     dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
-    for n0 in range(0, seq_len, BLOCK_N):
+    start = split * split_len
+    end = tl.minimum(start + split_len, seq_len)
+    for n0 in range(start, end, BLOCK_N):
         tok_n = n0 + tl.arange(0, BLOCK_N)
-        n_ok = tok_n < seq_len
+        n_ok = tok_n < end
         k = load_rows(k_base, tok_n, n_ok, offs_d, d_ok, sk_t, sk_d)
         v = load_rows(v_base, tok_n, n_ok, offs_d, d_ok, sv_t, sv_d)
         bias = _key_mask(PadBias, b, tok_n, n_ok, seq_len, HAS_PAD, BLOCK_N)[None, :]
@@ -108,8 +131,8 @@ def global_bwd_dq_kernel(
         if DROPOUT:
             z = dropout_scale(seed, bh, seq_len, tok_m[:, None], tok_n[None, :], p_drop)
         dq = q_grad_step(dq, q, k, v, do, lse, delta, bias, z, qk_scale, True, DROPOUT, PRECISION)
-    store_rows(DQG + b.to(tl.int64) * sdq_b + h.to(tl.int64) * sdq_h, dq * sm_scale, tok_m, m_ok,
-               offs_d, d_ok, sdq_t, sdq_d)
+    offs_g = g0 + tl.arange(0, BLOCK_M)
+    tl.store(_partial_rows(DQPart, bh, split, n_splits, g_max, offs_g, offs_d), dq, mask=m_ok[:, None])
 
 
 @triton.jit
@@ -155,27 +178,23 @@ def global_bwd_dkdv_kernel(
 
 @triton.jit
 def global_keys_bwd_kernel(
-    Q, K, V, DO, DK, DV, Lse, Delta, KeyBias, GIdx, GCount,
-    sq_b, sq_h, sq_t, sq_d, sk_b, sk_h, sk_t, sk_d, sv_b, sv_h, sv_t, sv_d,
-    sdo_b, sdo_h, sdo_t, sdo_d, sdk_b, sdk_h, sdk_t, sdk_d, sdv_b, sdv_h, sdv_t, sdv_d,
-    H, seq_len, head_dim, g_max, qk_scale, sm_scale, p_drop, seed,
+    Q, K, V, DO, DKPart, DVPart, Lse, Delta, KeyBias, GIdx, GCount,
+    sq_b, sq_h, sq_t, sq_d, sk_b, sk_h, sk_t, sk_d, sv_b, sv_h, sv_t, sv_d, sdo_b, sdo_h, sdo_t, sdo_d,
+    H, seq_len, head_dim, g_max, split_len, n_splits, qk_scale, p_drop, seed,
     DROPOUT: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
-    """Local queries -> global tokens' local k/v: adds onto DK/DV rows the local kernel left at 0.
-
-    Must run after ``local_bwd_dkdv_kernel`` (same stream), which wrote those rows.
-    """
-    bh = tl.program_id(1)
+    """Partial (unscaled dk, dv) of the global tokens' *local* k/v from the local queries of one split."""
+    split = tl.program_id(1)
+    bh = tl.program_id(2)
     b = bh // H
     h = bh % H
-    tok_n, n_ok, n_glob = _global_rows(GIdx, GCount, b, g_max, tl.program_id(0) * BLOCK_N, BLOCK_N)
-    if tl.program_id(0) * BLOCK_N >= n_glob:
+    g0 = tl.program_id(0) * BLOCK_N
+    tok_n, n_ok, n_glob = _global_rows(GIdx, GCount, b, g_max, g0, BLOCK_N)
+    if g0 >= n_glob:
         return
     offs_d = tl.arange(0, BLOCK_D)
     d_ok = offs_d < head_dim
-    dk_base = DK + b.to(tl.int64) * sdk_b + h.to(tl.int64) * sdk_h
-    dv_base = DV + b.to(tl.int64) * sdv_b + h.to(tl.int64) * sdv_h
     k = load_rows(K + b.to(tl.int64) * sk_b + h.to(tl.int64) * sk_h, tok_n, n_ok, offs_d, d_ok, sk_t, sk_d)
     v = load_rows(V + b.to(tl.int64) * sv_b + h.to(tl.int64) * sv_h, tok_n, n_ok, offs_d, d_ok, sv_t, sv_d)
     bias_t = tl.where(n_ok, 0.0, float("-inf"))[:, None]
@@ -183,9 +202,11 @@ def global_keys_bwd_kernel(
     do_base = DO + b.to(tl.int64) * sdo_b + h.to(tl.int64) * sdo_h
     dk = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
     dv = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
-    for m0 in range(0, seq_len, BLOCK_M):
+    start = split * split_len
+    end = tl.minimum(start + split_len, seq_len)
+    for m0 in range(start, end, BLOCK_M):
         tok_m = m0 + tl.arange(0, BLOCK_M)
-        m_ok = tok_m < seq_len
+        m_ok = tok_m < end
         # local rows only: not padding, not global (both carry -inf in KeyBias)
         row_ok = m_ok & (tl.load(KeyBias + b.to(tl.int64) * seq_len + tok_m, mask=m_ok, other=float("-inf")) == 0.0)
         q = load_rows(q_base, tok_m, m_ok, offs_d, d_ok, sq_t, sq_d)
@@ -196,7 +217,6 @@ def global_keys_bwd_kernel(
         if DROPOUT:
             z_t = dropout_scale(seed, bh, seq_len, tok_m[None, :], tok_n[:, None], p_drop)
         dk, dv = kv_grad_step(dk, dv, k, v, q, do, lse, delta, bias_t, z_t, qk_scale, True, DROPOUT, PRECISION)
-    dk_old = load_rows(dk_base, tok_n, n_ok, offs_d, d_ok, sdk_t, sdk_d).to(tl.float32)
-    dv_old = load_rows(dv_base, tok_n, n_ok, offs_d, d_ok, sdv_t, sdv_d).to(tl.float32)
-    store_rows(dk_base, dk_old + dk * sm_scale, tok_n, n_ok, offs_d, d_ok, sdk_t, sdk_d)
-    store_rows(dv_base, dv_old + dv, tok_n, n_ok, offs_d, d_ok, sdv_t, sdv_d)
+    offs_g = g0 + tl.arange(0, BLOCK_N)
+    tl.store(_partial_rows(DKPart, bh, split, n_splits, g_max, offs_g, offs_d), dk, mask=n_ok[:, None])
+    tl.store(_partial_rows(DVPart, bh, split, n_splits, g_max, offs_g, offs_d), dv, mask=n_ok[:, None])
