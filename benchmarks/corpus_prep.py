@@ -93,6 +93,8 @@ def main() -> None:
     p.add_argument("--shard-mb", type=float, default=4.0,
                    help="shard budget; below the corpus sizes so that flat memory is visible")
     p.add_argument("--bpe-words", type=int, default=13000, help="words made single tokens by the toy BPE merges")
+    p.add_argument("--bpe-cache-entries", type=int, nargs="+", default=[200_000],
+                   help="GPT-2 encoder cache sizes to try (the cache is what grows with a corpus' vocabulary)")
     p.add_argument("--json", type=Path, help="also write the results here")
     p.add_argument("--keep", type=Path, help="work in this folder and keep it (default: a temp folder)")
     args = p.parse_args()
@@ -115,11 +117,11 @@ def main() -> None:
                  "stories": raw / "stories.txt"}
         raw_bytes = sum(f.stat().st_size for p in paths.values() for f in ([p] if p.is_file() else p.rglob("*"))
                         if f.is_file())
-        for workers in args.workers:
-            out = base / f"out-{size:g}mb-w{workers}"
+        for workers, cache in [(w, c) for c in args.bpe_cache_entries for w in args.workers]:
+            out = base / f"out-{size:g}mb-w{workers}-c{cache}"
             subprocess.run(["rm", "-rf", str(out)], check=True)
             cmd = [sys.executable, "-m", "data_prep.corpus.cli", "--out-dir", str(out), "--workers", str(workers),
-                   "--shard-mb", str(args.shard_mb), "--no-progress",
+                   "--shard-mb", str(args.shard_mb), "--no-progress", "--bpe-cache-entries", str(cache),
                    "--gpt2-encoder-json", str(bpe["encoder_json"]), "--gpt2-vocab-bpe", str(bpe["vocab_bpe"]),
                    "--dict", str(bpe["dict_txt"])]
             for source, path in paths.items():
@@ -134,23 +136,25 @@ def main() -> None:
             tokens = stats["table5"]["all"]["tokens"]
             tok_s = stats["seconds"]["tokenize"]
             rows.append({
-                "size_mb": round(raw_bytes / 2**20, 1), "workers": workers, "docs_read": read,
+                "size_mb": round(raw_bytes / 2**20, 1), "workers": workers, "cache": cache, "docs_read": read,
                 "docs_tokenized": tokenized_docs, "docs_selected": selected, "tokens": tokens,
-                "tokenize_s": tok_s, "binarize_s": stats["seconds"]["binarize"],
+                "tokenize_s": tok_s, "tokenize_cpu_s": stats["seconds"]["tokenize_cpu"],
+                "binarize_s": stats["seconds"]["binarize"],
                 "docs_per_s": read / tok_s, "tokens_per_s": tokens / tok_s,
                 "raw_mb_per_s": raw_bytes / 2**20 / tok_s, **measured,
             })
             r = rows[-1]
-            print(f"{r['size_mb']} MB, {workers} worker(s): tokenize {tok_s:.1f} s, {r['tokens_per_s']:,.0f} tok/s, "
+            print(f"{r['size_mb']} MB, {workers} worker(s), cache {cache:,}: tokenize {tok_s:.1f} s, {r['tokens_per_s']:,.0f} tok/s, "
                   f"peak PSS tokenize {r['tok_pss']:.0f} MB, whole run {r['pss']:.0f} MB", flush=True)
     print()
-    print("| Raw MB | Workers | Docs read | Docs tokenized | Docs kept | Tokens kept | Tokenize s | Docs read/s "
+    print("| Raw MB | Workers | BPE cache | Docs read | Docs tokenized | Docs kept | Tokens kept | Tokenize s | Docs read/s "
           "| Tokens/s | Raw MB/s | Binarize s | Wall s | Peak PSS tokenize MB | Peak RSS tokenize MB "
           "| Peak PSS run MB | Load avg |")
-    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
-        print(f"| {r['size_mb']} | {r['workers']} | {r['docs_read']:,} | {r['docs_tokenized']:,} | "
-              f"{r['docs_selected']:,} | {r['tokens']:,} | {r['tokenize_s']:.1f} | {r['docs_per_s']:,.0f} | "
+        print(f"| {r['size_mb']} | {r['workers']} | {r['cache']:,} | {r['docs_read']:,} | {r['docs_tokenized']:,} | "
+              f"{r['docs_selected']:,} | {r['tokens']:,} | {r['tokenize_s']:.1f} | {r['tokenize_cpu_s']:.1f} | "
+              f"{r['docs_per_s']:,.0f} | "
               f"{r['tokens_per_s']:,.0f} | {r['raw_mb_per_s']:.2f} | {r['binarize_s']:.1f} | {r['wall_s']:.1f} | "
               f"{r['tok_pss']:.0f} | {r['tok_rss']:.0f} | {r['pss']:.0f} | {r['load_avg']:.1f} |")
     if args.json:

@@ -183,6 +183,26 @@ def test_split_is_by_document_and_documents_stay_whole(built):
     assert per_split == {s: len(m) for s, m in markers.items()}
 
 
+def test_complete_doc_blocks_never_mix_documents(built):
+    """fairseq's own TokenBlockDataset (complete_doc) on the output: no block spans a separator."""
+    from fairseq.data import Dictionary, TokenBlockDataset
+    from fairseq.data.indexed_dataset import MMapIndexedDataset
+
+    vocab = Dictionary.load(str(built["data_bin"] / "dict.txt"))
+    dataset = MMapIndexedDataset(str(built["data_bin"] / "train"))
+    train_docs = sum(built["stats"]["table5"][s]["split_docs"]["train"] for s in SOURCES)
+    assert int((dataset.sizes == 1).sum()) == train_docs, "one lone </s> after each document"
+    blocks = TokenBlockDataset(dataset, dataset.sizes, 511, vocab.pad(), vocab.eos(), break_mode="complete_doc")
+    assert len(blocks) > 0
+    for start, _, end in blocks.block_to_dataset_index:
+        inner = [int(dataset.sizes[i]) for i in range(start, end + 1)]
+        while inner and inner[-1] == 1:
+            inner.pop()
+        while inner and inner[0] == 1:
+            inner.pop(0)
+        assert 1 not in inner, "a block holds lines of two documents"
+
+
 def test_two_workers_give_identical_output_and_rerun_is_a_no_op(raw, built, tmp_path):
     data_bin = run_cli(raw, tmp_path, "--workers", "2")
     for name in ("train.bin", "train.idx", "valid.bin", "test.bin", "dict.txt"):

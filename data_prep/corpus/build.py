@@ -123,7 +123,9 @@ def _finish(cfg: CorpusPrepConfig, journal: Journal, spec, work: Path, final: Pa
     staging.mkdir()
     started = time.perf_counter()
     dict_txt = spec.write_dict(work / "dict.txt")
-    run_preprocess({s: split_file(work, s) for s in SPLITS}, dict_txt, staging, cfg.workers)
+    expected_items = sum(st["splits"][s]["tokens"] + st["splits"][s]["lines"] for st in stats.values() for s in SPLITS)
+    run_preprocess({s: split_file(work, s) for s in SPLITS}, dict_txt, staging, cfg.workers, expected_items,
+                   cfg.progress)
     seconds = dict(journal.data["seconds"], binarize=time.perf_counter() - started)
     if isinstance(spec, SentencePieceSpec) and cfg.tokenizer is None:
         shutil.copyfile(spec.model, staging / "spm.model")

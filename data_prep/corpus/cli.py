@@ -15,9 +15,9 @@ from pathlib import Path
 
 from .build import build
 from .config import DEFAULT_FRACTIONS, DEFAULT_LONGER_THAN, CorpusPrepConfig, SpmTrainConfig
-from .documents import SOURCE_ORDER, InputError
+from .documents import SOURCE_ORDER
 from .selection import parse_count, parse_fraction, parse_source_values
-from .tokenizers import Gpt2BpeSpec, SentencePieceSpec
+from .tokenizers import BPE_CACHE_ENTRIES, Gpt2BpeSpec, SentencePieceSpec
 
 
 def _defaults(values: dict) -> str:
@@ -50,6 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
     tok.add_argument("--gpt2-encoder-json", type=Path, help="GPT-2 encoder.json")
     tok.add_argument("--gpt2-vocab-bpe", type=Path, help="GPT-2 vocab.bpe")
     tok.add_argument("--dict", type=Path, help="RoBERTa's fairseq dict.txt (with the GPT-2 files)")
+    tok.add_argument("--bpe-cache-entries", type=int, default=BPE_CACHE_ENTRIES,
+                     help="GPT-2 encoder cache size per worker (cleared when exceeded): speed vs memory")
     tok.add_argument("--spm-model", type=Path, help="an existing sentencepiece model")
     tok.add_argument("--train-spm", action="store_true", help="train a sentencepiece model on a sample first")
     tok.add_argument("--spm-vocab-size", type=int, default=SpmTrainConfig.vocab_size, help="trained vocabulary size")
@@ -98,7 +100,9 @@ def _tokenizer(args):
         return None, SpmTrainConfig(args.spm_vocab_size, args.spm_model_type, args.spm_sample_lines)
     if any(x is None for x in gpt2):
         raise ValueError("GPT-2 BPE needs all three of --gpt2-encoder-json, --gpt2-vocab-bpe and --dict")
-    return Gpt2BpeSpec(*gpt2), None
+    if args.bpe_cache_entries < 0:
+        raise ValueError(f"--bpe-cache-entries {args.bpe_cache_entries}: must be >= 0")
+    return Gpt2BpeSpec(*gpt2, cache_entries=args.bpe_cache_entries), None
 
 
 def config_from_args(args) -> CorpusPrepConfig:
@@ -136,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = config_from_args(args)
         build(cfg)
-    except (ValueError, InputError) as err:
+    except (ValueError, RuntimeError) as err:  # InputError is a ValueError
         raise SystemExit(f"longformer-prep-corpus: error: {err}") from None
     return 0
 

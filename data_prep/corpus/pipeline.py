@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import random
+import resource
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -136,7 +137,7 @@ class ShardProcessor:
                 continue
             split = self.assigner.assign(source, doc.key)
             self.outputs[split].write(("\n".join(lines) + "\n\n").encode("utf-8"))
-            add_length(stats["splits"][split], n_tokens)
+            add_length(stats["splits"][split], n_tokens, len(lines) + 1)
             counts["selected"] += 1
             counts["unk_tokens"] += n_unk
             selected_tokens = sum(stats["splits"][s]["tokens"] for s in SPLITS)
@@ -149,10 +150,16 @@ class ShardProcessor:
         return False
 
 
+def _cpu_seconds() -> float:
+    """CPU time of this process and its reaped children (the pool's workers once it is closed)."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
 def tokenize_sources(cfg: CorpusPrepConfig, journal: Journal, spec) -> None:
     """Run every source not yet finished, shard by shard, committing the journal after each shard."""
     outputs = journal.open_outputs()
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), _cpu_seconds()
     try:
         with encoder_pool(spec, cfg.workers, cfg.max_line_tokens) as encode_many:
             process = ShardProcessor(cfg, journal, outputs, encode_many)
@@ -181,6 +188,10 @@ def tokenize_sources(cfg: CorpusPrepConfig, journal: Journal, spec) -> None:
                             break
                 state["finished"] = True
                 journal.commit()
+        # Wall time can mislead on a shared machine; CPU time (main + workers) measures the work itself.
+        seconds = journal.data["seconds"]
+        seconds["tokenize_cpu"] = seconds.get("tokenize_cpu", 0.0) + _cpu_seconds() - cpu_started
+        journal.save()
     finally:
         journal.close()
 

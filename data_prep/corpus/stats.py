@@ -36,13 +36,15 @@ def bin_lower_edge(b: int) -> float:
 
 
 def empty_lengths() -> dict:
-    return {"docs": 0, "tokens": 0, "min": None, "max": None, "hist": {},
+    # lines: output lines incl. the document separators (fairseq adds one </s> to each)
+    return {"docs": 0, "tokens": 0, "lines": 0, "min": None, "max": None, "hist": {},
             **{f"docs_over_{t}": 0 for t in THRESHOLDS}, **{f"tokens_in_docs_over_{t}": 0 for t in THRESHOLDS}}
 
 
-def add_length(lengths: dict, n_tokens: int) -> None:
+def add_length(lengths: dict, n_tokens: int, n_lines: int = 0) -> None:
     lengths["docs"] += 1
     lengths["tokens"] += n_tokens
+    lengths["lines"] += n_lines
     lengths["min"] = n_tokens if lengths["min"] is None else min(lengths["min"], n_tokens)
     lengths["max"] = n_tokens if lengths["max"] is None else max(lengths["max"], n_tokens)
     b = str(length_bin(n_tokens))  # str keys: the dict round-trips through JSON unchanged

@@ -15,8 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 # fairseq's GPT-2 encoder cache grows with every distinct pre-token; clearing it at this size keeps
-# worker memory flat on a corpus of any size while keeping the hit rate of frequent words.
-BPE_CACHE_LIMIT = 200_000
+# worker memory flat on a corpus of any size (about 25-50 MB per worker at most) while keeping the hit
+# rate of frequent words.
+BPE_CACHE_ENTRIES = 200_000
 
 
 def file_sha256(path: Path) -> str:
@@ -72,6 +73,7 @@ class Gpt2BpeSpec:
     encoder_json: Path
     vocab_bpe: Path
     dict_txt: Path
+    cache_entries: int = BPE_CACHE_ENTRIES  # speed/memory knob only; not part of the fingerprint
 
     name = "gpt2"
 
@@ -130,6 +132,7 @@ def id_lines(ids: list, max_line_tokens: int) -> list[str]:
 
 class Gpt2BpeEncoder:
     def __init__(self, spec: Gpt2BpeSpec, max_line_tokens: int):
+        self.cache_entries = spec.cache_entries
         self.max_line_tokens = max_line_tokens
         self.bpe = _load_fairseq_gpt2_module().get_encoder(str(spec.encoder_json), str(spec.vocab_bpe))
         self.known_ids = frozenset(int(s) for s in read_fairseq_dict_symbols(spec.dict_txt) if s.isdigit())
@@ -143,7 +146,7 @@ class Gpt2BpeEncoder:
             n_tokens += len(ids)
             n_unk += sum(1 for i in ids if i not in known)
             lines.extend(id_lines(ids, self.max_line_tokens))
-        if len(self.bpe.cache) > BPE_CACHE_LIMIT:
+        if len(self.bpe.cache) > self.cache_entries:
             self.bpe.cache.clear()
         return n_tokens, lines, n_unk
 
