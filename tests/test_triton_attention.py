@@ -325,6 +325,26 @@ def test_gpu_matches_dense(dtype):
 
 @pytest.mark.gpu
 @GPU
+def test_gpu_memory_is_linear_in_T_up_to_64k_tokens():
+    peaks = {}
+    for T in (16384, 65536):
+        q, k, v = _inputs(1, 12, T, 64, dtype=torch.bfloat16, device="cuda")
+        torch.cuda.synchronize()
+        base = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        out = longformer_attention(q, k, v, 512, backend="triton")
+        out.backward(torch.ones_like(out))
+        torch.cuda.synchronize()
+        peaks[T] = torch.cuda.max_memory_allocated() - base
+        assert torch.isfinite(q.grad).all()
+        del q, k, v, out
+    # O(T*D) buffers only: a 64K x 64K score matrix per head would need 8 GiB in bf16 alone
+    assert peaks[65536] < 2 * 2**30
+    assert peaks[65536] / peaks[16384] < 4.5
+
+
+@pytest.mark.gpu
+@GPU
 def test_auto_backend_is_triton_on_cuda():
     from triton_kernels.api import resolve_backend
     from triton_kernels.triton_attention import attention
