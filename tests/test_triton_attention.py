@@ -133,6 +133,17 @@ def test_padding_and_globals_with_dilation_match_dense():
                          key_padding_mask=pad)
 
 
+def test_everything_at_once_with_interior_tiles():
+    B, H, T = 2, 2, 70
+    pad = torch.zeros(B, T, dtype=torch.bool)
+    pad[1, 60:] = True
+    glob = torch.zeros(B, T, dtype=torch.bool)
+    glob[0, [0, 40]] = True
+    glob[1, 2] = True
+    _check_against_dense(_inputs(B, H, T, 16, n=6), window=64, dilation=[1, 2], global_mask=glob,
+                         key_padding_mask=pad, scale=0.2)
+
+
 def test_many_globals_span_several_key_tiles():
     T = 40
     glob = torch.zeros(1, T, dtype=torch.bool)
