@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import importlib
 import importlib.util
 from dataclasses import dataclass
@@ -80,6 +81,12 @@ def resolve_backend(name: str, q: torch.Tensor) -> Callable[[AttentionSpec], tor
         name = "triton" if q.is_cuda and _triton_importable() else "torch"
     if name not in _BACKENDS:
         raise ValueError(f"unknown backend {name!r}; choose one of 'auto', {', '.join(map(repr, _BACKENDS))}")
+    return _load_backend(name)
+
+
+@functools.lru_cache(maxsize=None)
+def _load_backend(name: str) -> Callable[[AttentionSpec], torch.Tensor]:
+    # Cached so that the import happens once (and torch.compile sees no import on later calls).
     module_name, fn_name = _BACKENDS[name].split(":")
     try:
         module = importlib.import_module(module_name)
