@@ -175,7 +175,7 @@ def test_demo_config_runs_with_fairseq_hydra_train(setup):
         f"model.encoder_layers={t['layers']}", f"model.encoder_embed_dim={t['embed_dim']}",
         f"model.encoder_ffn_embed_dim={t['ffn_dim']}", f"model.encoder_attention_heads={t['heads']}",
         "model.max_positions=128", f"model.roberta_max_positions={t['max_positions']}",
-        "model.attention_window='16'", "dataset.num_workers=0",
+        "model.attention_window='16'", "model.encoder_normalize_before=false", "model.layernorm_embedding=true",
     ]
     proc = subprocess.run(cmd, cwd=root, capture_output=True, text=True, timeout=300,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
