@@ -25,9 +25,10 @@ from . import staged_train
 
 REPO_ROOT = Path(__file__).absolute().parent.parent
 DEMO_SCHEDULE = REPO_ROOT / "configs" / "char_lm" / "demo.yaml"
-# Scored in blocks of 128 characters, each seen after 384 characters of context: more than the demo
-# model's receptive field (16 + 32 + 2 * 128 = 304 keys back), like the paper's protocol in small.
-EVAL_TOKENS_PER_SAMPLE = 128
+# fairseq-eval-lm scores `tokens_per_sample - context_window` tokens per sample after `context_window`
+# tokens of context: here 128 scored after 384, more than the demo model's receptive field
+# (32 + 64 + 2 * 128 = 352 keys back), like the paper's protocol (32,256 - 31,744 = 512) in small.
+EVAL_TOKENS_PER_SAMPLE = 512
 EVAL_CONTEXT_WINDOW = 384
 
 
