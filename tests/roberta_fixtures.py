@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 
 import numpy as np
@@ -23,12 +24,30 @@ VOCAB = 60
 TINY = dict(layers=2, embed_dim=32, ffn_dim=64, heads=4, max_positions=32)
 
 
-def write_dictionary(directory: str, vocab: int = VOCAB) -> Dictionary:
+def write_dictionary(directory: str, vocab: int = VOCAB, symbols=None) -> Dictionary:
     os.makedirs(directory, exist_ok=True)
+    symbols = symbols or [f"w{i}" for i in range(vocab)]
     with open(os.path.join(directory, "dict.txt"), "w") as f:
-        for i in range(vocab):
-            f.write(f"w{i} {1000 - i}\n")
+        for i, symbol in enumerate(symbols):
+            f.write(f"{symbol} {1000 - i}\n")
     return Dictionary.load(os.path.join(directory, "dict.txt"))
+
+
+def write_gpt2_bpe_files(directory: str, chars: str = "abcdefghijklmnopqrstuvwxyz") -> list:
+    """A miniature GPT-2 BPE (``encoder.json``, ``vocab.bpe`` with no merges: one token per character).
+
+    Returns the dictionary symbols (GPT-2 token ids as strings, as in RoBERTa's dict.txt).
+    """
+    from fairseq.data.encoders.gpt2_bpe_utils import bytes_to_unicode
+
+    byte_to_unit = bytes_to_unicode()
+    units = sorted({byte_to_unit[ord(c)] for c in chars + " "})
+    os.makedirs(directory, exist_ok=True)
+    with open(os.path.join(directory, "encoder.json"), "w") as f:
+        json.dump({unit: i for i, unit in enumerate(units)}, f)
+    with open(os.path.join(directory, "vocab.bpe"), "w") as f:
+        f.write("#version: 0.2\n")
+    return [str(i) for i in range(len(units))]
 
 
 def write_split(directory: str, split: str, dictionary: Dictionary, n_lines: int, seed: int) -> None:
@@ -65,9 +84,9 @@ def roberta_args(data_dir: str, arch: str = "roberta", **tiny):
     ])
 
 
-def make_roberta_dir(directory: str, legacy: bool = False, seed: int = 0, **tiny) -> str:
+def make_roberta_dir(directory: str, legacy: bool = False, seed: int = 0, symbols=None, **tiny) -> str:
     """Build a tiny RoBERTa with fairseq, give every weight a distinct random value, save it."""
-    write_dictionary(directory)
+    write_dictionary(directory, symbols=symbols)
     args = roberta_args(directory, **tiny)
     task = tasks.setup_task(args)
     model = task.build_model(args)

@@ -143,3 +143,22 @@ def test_hub_loader_never_downloads(dirs, tmp_path):
         LongformerRobertaModel.from_pretrained("longformer.base")
     hub = LongformerRobertaModel.from_pretrained(lf)
     assert hub.bpe is None and hub.model.max_positions() == 128
+
+
+def test_gpt2_bpe_files_are_taken_from_the_directory_and_fill_mask_works(tmp_path):
+    src, lf = str(tmp_path / "src"), str(tmp_path / "lf")
+    symbols = rf.write_gpt2_bpe_files(src)
+    rf.make_roberta_dir(src, symbols=symbols)
+    convert(src, lf, ConversionOptions(max_positions=64, attention_window="32"))
+    assert {"encoder.json", "vocab.bpe"} <= set(os.listdir(lf))
+
+    longformer = LongformerRobertaModel.from_pretrained(lf, bpe="gpt2")
+    tokens = longformer.encode("hello world")
+    assert longformer.decode(tokens) == "hello world"
+    filled = longformer.fill_mask("hello <mask>", topk=3)
+    # the reference: fairseq's RoBERTa hub on the source, given the same local BPE files
+    roberta = RobertaModel.from_pretrained(src, bpe="gpt2", gpt2_encoder_json=os.path.join(src, "encoder.json"),
+                                           gpt2_vocab_bpe=os.path.join(src, "vocab.bpe"))
+    expected = roberta.fill_mask("hello <mask>", topk=3)
+    assert [text for text, _, _ in filled] == [text for text, _, _ in expected]
+    assert [p for _, p, _ in filled] == pytest.approx([p for _, p, _ in expected], abs=1e-5)
