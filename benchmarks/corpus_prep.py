@@ -147,7 +147,7 @@ def main() -> None:
             print(f"{r['size_mb']} MB, {workers} worker(s), cache {cache:,}: tokenize {tok_s:.1f} s, {r['tokens_per_s']:,.0f} tok/s, "
                   f"peak PSS tokenize {r['tok_pss']:.0f} MB, whole run {r['pss']:.0f} MB", flush=True)
     print()
-    print("| Raw MB | Workers | BPE cache | Docs read | Docs tokenized | Docs kept | Tokens kept | Tokenize s | Docs read/s "
+    print("| Raw MB | Workers | BPE cache | Docs read | Docs tokenized | Docs kept | Tokens kept | Tokenize s | Tokenize CPU s | Docs read/s "
           "| Tokens/s | Raw MB/s | Binarize s | Wall s | Peak PSS tokenize MB | Peak RSS tokenize MB "
           "| Peak PSS run MB | Load avg |")
     print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")

@@ -89,6 +89,17 @@ def test_story_folder_form(tmp_path):
     assert [d.paragraphs for d in docs] == expected
 
 
+def test_realnews_folder_form_reads_jsonl_parts_only(tmp_path):
+    folder = tmp_path / "realnews"
+    folder.mkdir()
+    (folder / "part-000.jsonl").write_text(json.dumps({"text": "markA one\n\ntwo"}) + "\n", encoding="utf-8")
+    (folder / "part-001.jsonl").write_text(json.dumps({"text": "markB three"}) + "\n", encoding="utf-8")
+    (folder / "README").write_text("about the data\n", encoding="utf-8")
+    items = list(READERS["realnews"](folder, 2**20))
+    assert [i.paragraphs for i in items if hasattr(i, "paragraphs")] == [["markA one", "two"], ["markB three"]]
+    assert [(Path(i.path).name, i.kind) for i in items if not hasattr(i, "paragraphs")] == [("README", "unknown_file")]
+
+
 def test_oversized_document_is_reported_not_loaded(raw):
     items = list(READERS["books"](raw["paths"]["books"], 10_000))
     too_large = [i for i in items if getattr(i, "kind", None) == "too_large"]

@@ -64,6 +64,8 @@ def build(cfg: CorpusPrepConfig) -> Path:
         if final.exists():
             if existing_fingerprint(final) == fingerprint:
                 logger.info("%s is up to date with these inputs and options; nothing to do", final)
+                if work.exists() and not cfg.keep_work:
+                    shutil.rmtree(work)  # left by a crash between publishing and cleaning up
                 print((final / "stats.md").read_text(), flush=True)
                 return final
             if not cfg.overwrite:

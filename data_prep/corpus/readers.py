@@ -146,8 +146,11 @@ def _json_document(source, path, rel, lineno, line, max_doc_bytes, title_first) 
 
 
 def read_json_lines(source: str, root: Path, max_doc_bytes: int, title_first: bool = False) -> Iterator[Item]:
-    """One document per JSON line (Realnews, WikiExtractor ``--json``)."""
+    """One document per JSON line (Realnews); in a folder, only ``.jsonl`` / ``.json`` files are read."""
     for path in _list_files(root):
+        if root.is_dir() and _plain_suffix(path) not in (".jsonl", ".json"):
+            yield Problem(source, str(path), 0, "unknown_file", "not a .jsonl file; skipped")
+            continue
         yield from _json_lines_file(source, path, root, max_doc_bytes, title_first)
 
 
