@@ -128,6 +128,14 @@ def _legacy_checkpoint(args, state: dict) -> dict:
     }
 
 
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def load_longformer(directory: str, **overrides):
     """The converted/trained Longformer model in ``directory/model.pt`` (fairseq's own loader)."""
     from fairseq import checkpoint_utils

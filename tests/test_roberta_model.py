@@ -1,8 +1,6 @@
 """longformer_roberta model: global-attention batch invariance, backends agree, gradient checkpointing,
 DistributedDataParallel without --find-unused-parameters, task-provided global masks."""
 
-import socket
-
 import pytest
 import torch
 import torch.multiprocessing as mp
@@ -103,18 +101,12 @@ def test_global_projections_get_an_exact_zero_gradient_when_unused(model_dir):
     assert torch.count_nonzero(attention.q_proj.weight.grad) > 0
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_data_parallel_mlm_without_global_tokens_needs_no_find_unused_parameters(model_dir):
     """2 CPU processes, gloo, torch DDP with find_unused_parameters=False, no global tokens."""
     ctx = mp.get_context("spawn")
     results = ctx.Queue()
-    port = _free_port()
+    port = rf.free_port()
     procs = [ctx.Process(target=rf.ddp_worker, args=(rank, 2, port, model_dir, results)) for rank in range(2)]
     for p in procs:
         p.start()

@@ -123,7 +123,7 @@ def test_two_cpu_processes_train_data_parallel(setup):
     the CUDA device count; on CPU fairseq's own legacy_ddp with gloo and explicit ranks works."""
     root, lf, data = setup
     save_dir = str(root / "ddp")
-    port = 29000 + os.getpid() % 1000
+    port = rf.free_port()
     logs = [open(root / f"rank{rank}.log", "w+") for rank in range(2)]
     procs = [
         _fairseq_train_process(_train_argv(
