@@ -286,7 +286,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Iterable[str] | None = None) -> list[dict]:
+def run(argv: Iterable[str] | None = None) -> list[dict]:
+    """Parse the command line, run the schedule, return the phase records."""
     args = build_parser().parse_intermixed_args(argv)
     bad = [o for o in args.overrides if "=" not in o]
     if bad:
@@ -302,6 +303,10 @@ def main(argv: Iterable[str] | None = None) -> list[dict]:
         raise SystemExit(f"error: {err}") from None
     print(json.dumps(records, indent=2))
     return records
+
+
+def main(argv: Iterable[str] | None = None) -> None:
+    run(argv)  # the console script's exit status is main()'s return value: keep it None
 
 
 if __name__ == "__main__":

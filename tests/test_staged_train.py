@@ -61,7 +61,9 @@ def runner_command(schedule, data, save_dir):
             "--save-dir", str(save_dir)]
 
 
-def test_killed_run_resumes_and_eval_lm_scores_it(tmp_path, data_dir):
+def test_killed_run_resumes_and_eval_lm_scores_it(tmp_path, data_dir, monkeypatch):
+    # One torch thread per fairseq subprocess: with 2 threads on a busy 2-core CI box, steps run 6-10x slower.
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
     schedule = tmp_path / "schedule.yaml"
     schedule.write_text(yaml.safe_dump(SCHEDULE))
     save = tmp_path / "run"
