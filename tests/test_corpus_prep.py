@@ -16,7 +16,6 @@ import pytest
 
 from corpus_fixtures import (WORDS, marker_of, read_binarized_documents, write_raw_sources,
                              write_story_folder)
-from data_prep.corpus import build as build_module
 from data_prep.corpus import journal as journal_module
 from data_prep.corpus.cli import main
 from data_prep.corpus.readers import READERS

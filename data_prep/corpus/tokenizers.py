@@ -1,4 +1,5 @@
-"""Tokenizers: GPT-2 BPE exactly as RoBERTa, or a sentencepiece model. Registry ``TOKENIZERS`` by name.
+"""Tokenizers: GPT-2 BPE exactly as RoBERTa, or a sentencepiece model, behind one small interface
+(a spec with ``check``, ``fingerprint``, ``load``, ``write_dict``; an encoder with ``encode``).
 
 Both write a document as RoBERTa's ``multiprocessing_bpe_encoder.py`` does: each paragraph (stripped
 line) becomes one line of space-separated integer ids; fairseq's ``dict.txt`` maps those id strings to
@@ -226,8 +227,6 @@ def train_sentencepiece(sample_file: Path, model_prefix: Path, vocab_size: int, 
     )
     return Path(str(model_prefix) + ".model")
 
-
-TOKENIZERS = {spec.name: spec for spec in (Gpt2BpeSpec, SentencePieceSpec)}
 
 # Worker side: one encoder per process, set by the pool initializer (or directly when running in-process).
 _WORKER_ENCODER = None
