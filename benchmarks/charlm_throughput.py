@@ -28,7 +28,7 @@ from pathlib import Path
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def build_model(kind: str, seq_len: int, layers: int, window: int):
+def build_model(kind: str, seq_len: int, layers: int, window: int, checkpoint_activations: bool = False):
     from fairseq.data import Dictionary
 
     dictionary = Dictionary()
@@ -44,7 +44,7 @@ def build_model(kind: str, seq_len: int, layers: int, window: int):
         upper = layers // 2  # Table 12: no dilation in the lower half, gaps 1/2/3 above
         dilation = [1] * (layers - upper) + [2 + (3 * i) // upper for i in range(upper)]
         cfg = LongformerLMConfig(decoder_layers=layers, attention_window=[window], attention_dilation=dilation,
-                                 dropout=0.2)
+                                 dropout=0.2, checkpoint_activations=checkpoint_activations)
         return LongformerLanguageModel.build_model(cfg, Task())
 
     from fairseq.models.transformer_lm import TransformerLanguageModel, TransformerLanguageModelConfig
@@ -52,18 +52,19 @@ def build_model(kind: str, seq_len: int, layers: int, window: int):
     args = TransformerLanguageModelConfig(
         decoder_layers=layers, decoder_embed_dim=512, decoder_ffn_embed_dim=2048, decoder_attention_heads=8,
         decoder_normalize_before=True, activation_fn="gelu", dropout=0.2,
-        tokens_per_sample=seq_len, max_target_positions=seq_len,
+        tokens_per_sample=seq_len, max_target_positions=seq_len, checkpoint_activations=checkpoint_activations,
     )
     return TransformerLanguageModel.build_model(args, Task())
 
 
-def worker(kind: str, seq_len: int, layers: int, window: int, steps: int, threads: int) -> dict:
+def worker(kind: str, seq_len: int, layers: int, window: int, steps: int, threads: int,
+           checkpoint_activations: bool) -> dict:
     import torch
     import torch.nn.functional as F
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
-    model = build_model(kind, seq_len, layers, window).train()
+    model = build_model(kind, seq_len, layers, window, checkpoint_activations).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.01)
     tokens = torch.randint(4, 260, (1, seq_len + 1))
     source, target = tokens[:, :-1], tokens[:, 1:]
@@ -90,12 +91,15 @@ def worker(kind: str, seq_len: int, layers: int, window: int, steps: int, thread
         "tokens_per_cpu_s": round(seq_len * steps / cpu, 1), "cpu_s_per_step": round(cpu / steps, 3),
         "peak_rss_MiB": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
         "rss_before_training_MiB": round(rss_before), "threads": threads,
+        "checkpoint_activations": checkpoint_activations,
     }
 
 
 def run_isolated(kind: str, seq_len: int, args) -> dict:
     command = [sys.executable, __file__, "--worker", kind, "--seq-len", str(seq_len), "--layers", str(args.layers),
                "--window", str(args.window), "--steps", str(args.steps), "--threads", str(args.threads)]
+    if args.checkpoint_activations:
+        command.append("--checkpoint-activations")
     print(f"[bench] {kind} T={seq_len} ...", flush=True)
     try:
         done = subprocess.run(command, capture_output=True, text=True, timeout=args.timeout)
@@ -113,7 +117,8 @@ def run_isolated(kind: str, seq_len: int, args) -> dict:
 def markdown(rows: list[dict], args) -> str:
     lines = [
         f"Training step (fwd + bwd + AdamW) on CPU, {args.threads} threads, {args.layers} layers x 512 hidden, "
-        f"batch 1, {args.steps} timed steps; window {args.window} for longformer_lm.",
+        f"batch 1, {args.steps} timed steps; window {args.window} for longformer_lm"
+        f"{'; gradient checkpointing on both' if args.checkpoint_activations else ''}.",
         "",
         "| T | model | tokens/s (wall) | s/step | tokens per CPU-s | peak RSS MiB | speed-up vs transformer_lm (wall / CPU) | memory vs transformer_lm |",
         "|---|---|---|---|---|---|---|---|",
@@ -141,12 +146,15 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))
     parser.add_argument("--timeout", type=int, default=1800, help="seconds per (model, length) run")
     parser.add_argument("--quick", action="store_true", help="2 layers, 2 timed steps")
+    parser.add_argument("--checkpoint-activations", action="store_true",
+                        help="gradient checkpointing in both models (the paper trained this way)")
     parser.add_argument("--out", default=str(RESULTS / "charlm_throughput"), help="output path without suffix")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--seq-len", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        print(json.dumps(worker(args.worker, args.seq_len, args.layers, args.window, args.steps, args.threads)))
+        print(json.dumps(worker(args.worker, args.seq_len, args.layers, args.window, args.steps, args.threads,
+                                args.checkpoint_activations)))
         return
     if args.quick:
         args.layers, args.steps = 2, 2

@@ -93,3 +93,17 @@ def test_arch_presets_follow_table_12():
     assert large.decoder_layers == 30 and large.dropout == 0.4
     assert large.attention_dilation == [1] * 15 + [2] * 5 + [3] * 5 + [4] * 5
     assert large.attention_window == [16, 32]  # the command line wins over the preset
+
+
+def test_checkpoint_activations_gives_the_same_gradients():
+    torch.manual_seed(3)
+    plain = build(dropout=0.1).train()
+    checkpointed = build(dropout=0.1, checkpoint_activations=True).train()
+    checkpointed.load_state_dict(plain.state_dict())
+    tokens = torch.randint(4, 24, (2, 40))
+    grads = []
+    for model in (plain, checkpointed):
+        torch.manual_seed(7)  # same dropout masks in both runs
+        model(tokens)[0].logsumexp(-1).sum().backward()
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
+    torch.testing.assert_close(grads[1], grads[0])

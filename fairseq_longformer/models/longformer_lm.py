@@ -15,6 +15,7 @@ from typing import List
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from fairseq.dataclass import FairseqDataclass
 from fairseq.models import FairseqDecoder, FairseqLanguageModel, register_model, register_model_architecture
@@ -53,6 +54,11 @@ class LongformerLMConfig(FairseqDataclass):
     no_scale_embedding: bool = field(default=False, metadata={"help": "do not scale embeddings by sqrt(dim)"})
     attention_backend: str = field(
         default="auto", metadata={"help": "longformer_attention backend: auto, torch, triton or dense"}
+    )
+    checkpoint_activations: bool = field(
+        default=False,
+        metadata={"help": "recompute each layer in the backward pass instead of storing its activations "
+                  "(gradient checkpointing, as the paper used for long sequences): less memory, ~1/3 more compute"},
     )
     max_target_positions: int = field(
         default=1_000_000,
@@ -104,6 +110,7 @@ class LongformerLMDecoder(FairseqDecoder):
         nn.init.zeros_(self.embed_tokens.weight[self.padding_idx])
         self.embed_scale = 1.0 if cfg.no_scale_embedding else math.sqrt(C)
         self.dropout = cfg.dropout
+        self.checkpoint_activations = cfg.checkpoint_activations
         self.layers = nn.ModuleList(
             CausalWindowDecoderLayer(
                 C, cfg.decoder_ffn_embed_dim, H, window, dilation, cfg.dilated_heads,
@@ -138,7 +145,11 @@ class LongformerLMDecoder(FairseqDecoder):
         x = F.dropout(self.embed_scale * self.embed_tokens(src_tokens), self.dropout, self.training)
         x = x.transpose(0, 1)  # T x B x C
         for layer in self.layers:
-            x = layer(x, key_padding_mask)
+            if self.checkpoint_activations and self.training:
+                # non-reentrant checkpointing replays dropout with the same RNG state
+                x = checkpoint(layer, x, key_padding_mask, use_reentrant=False)
+            else:
+                x = layer(x, key_padding_mask)
         return self.final_norm(x).transpose(0, 1)
 
     def output_layer(self, features: torch.Tensor) -> torch.Tensor:
