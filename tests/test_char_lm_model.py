@@ -1,7 +1,5 @@
 """The char-LM model: causal and windowed per layer, registered with fairseq, options validated."""
 
-import argparse
-
 import pytest
 import torch
 

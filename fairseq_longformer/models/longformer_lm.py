@@ -7,7 +7,6 @@ position table and no ``buffered_future_mask``: causality lives in the attention
 """
 
 # No `from __future__ import annotations` here: fairseq reads the dataclass field types at run time.
-import logging
 import math
 from dataclasses import dataclass, field
 from typing import List
@@ -22,9 +21,6 @@ from fairseq.models import FairseqDecoder, FairseqLanguageModel, register_model,
 from fairseq.utils import safe_getattr
 
 from ..modules.causal_window_decoder_layer import CausalWindowDecoderLayer
-
-logger = logging.getLogger(__name__)
-
 
 @dataclass
 class LongformerLMConfig(FairseqDataclass):
