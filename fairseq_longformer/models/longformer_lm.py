@@ -22,6 +22,7 @@ from fairseq.utils import safe_getattr
 
 from ..modules.causal_window_decoder_layer import CausalWindowDecoderLayer
 
+
 @dataclass
 class LongformerLMConfig(FairseqDataclass):
     decoder_embed_dim: int = field(default=512, metadata={"help": "hidden size"})
