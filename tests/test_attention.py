@@ -14,21 +14,7 @@ import torch
 from triton_kernels import longformer_attention
 from triton_kernels.api import resolve_backend
 
-# "torch-spans" is the torch backend's generic path (any device, dropout), forced on CPU.
-BACKENDS = ["dense", "torch", "torch-spans"]
-
-
-@pytest.fixture(autouse=True)
-def _backend_path(request, monkeypatch):
-    backend = getattr(request.node, "callspec", None) and request.node.callspec.params.get("backend")
-    if backend == "torch-spans":
-        from triton_kernels import chunked_cpu
-
-        monkeypatch.setattr(chunked_cpu, "supported", lambda q, dropout_p: False)
-
-
-def _name(backend):
-    return "torch" if backend == "torch-spans" else backend
+BACKENDS = ["dense", "torch"]
 
 
 def brute_force(q, k, v, window, dilation=1, causal=False, key_padding_mask=None, global_mask=None,
@@ -109,7 +95,7 @@ def run(backend, c, dtype=torch.float64, **extra):
         c["B"], c["H"], c["T"], c["D"], dtype, c.get("padding"), c.get("n_globals"))
     glob = dict(global_mask=gm, q_global=qg, k_global=kg, v_global=vg) if gm is not None else {}
     args = dict(window=c["window"], dilation=c["dilation"], causal=c["causal"], key_padding_mask=kpm, **glob)
-    out = longformer_attention(q, k, v, backend=_name(backend), **args, **extra)
+    out = longformer_attention(q, k, v, backend=backend, **args, **extra)
     return out, (q, k, v), args
 
 
@@ -138,10 +124,10 @@ def test_padding_rows_are_zero_and_globals_on_padding_count_as_padding():
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_full_window_equals_full_attention(backend):
     (q, k, v, *_), _, _ = random_case(2, 3, 15, 8)
-    out = longformer_attention(q, k, v, window=2 * 14, backend=_name(backend))
+    out = longformer_attention(q, k, v, window=2 * 14, backend=backend)
     full = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(8), dim=-1) @ v
     torch.testing.assert_close(out, full)
-    causal = longformer_attention(q, k, v, window=14, causal=True, backend=_name(backend))
+    causal = longformer_attention(q, k, v, window=14, causal=True, backend=backend)
     lower = torch.ones(15, 15, dtype=torch.bool).tril()
     scores = (q @ k.transpose(-1, -2) / math.sqrt(8)).masked_fill(~lower, float("-inf"))
     torch.testing.assert_close(causal, torch.softmax(scores, dim=-1) @ v)
@@ -150,7 +136,7 @@ def test_full_window_equals_full_attention(backend):
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_scale_is_applied(backend):
     (q, k, v, *_), _, _ = random_case(1, 2, 9, 4)
-    out = longformer_attention(q, k, v, 4, scale=0.3, backend=_name(backend))
+    out = longformer_attention(q, k, v, 4, scale=0.3, backend=backend)
     torch.testing.assert_close(out, brute_force(q, k, v, 4, scale=0.3))
 
 
@@ -171,28 +157,28 @@ def test_gradcheck(backend, c):
     def fn(q, k, v, qg=None, kg=None, vg=None):
         glob = dict(global_mask=gm, q_global=qg, k_global=kg, v_global=vg) if gm is not None else {}
         return longformer_attention(q, k, v, c["window"], dilation=c["dilation"], causal=c["causal"],
-                                    key_padding_mask=kpm, backend=_name(backend), **glob)
+                                    key_padding_mask=kpm, backend=backend, **glob)
 
     if gm is None:
         inputs = inputs[:3]
     assert torch.autograd.gradcheck(fn, inputs, eps=1e-6, atol=1e-6)
 
 
-@pytest.mark.parametrize("backend", ["torch", "torch-spans"])
 @pytest.mark.parametrize("causal", [False, True])
-def test_torch_gradients_match_dense_on_larger_inputs(backend, causal):
+def test_torch_gradients_match_dense_on_larger_inputs(causal):
     c = dict(B=2, H=4, T=301, D=16, window=32 if not causal else 33, dilation=[1, 1, 2, 4], causal=causal,
              padding=[(0, "right", 37), (1, "left", 12)], n_globals=None if causal else [5, 2])
-    results = []
-    for name in (_name(backend), "dense"):
-        out, (q, k, v), args = run(name, c, torch.float32)
+    grads = {}
+    for backend in BACKENDS:
+        out, (q, k, v), args = run(backend, c, torch.float32)
         leaves = [q, k, v] + ([args["q_global"], args["k_global"], args["v_global"]] if not causal else [])
         for t in leaves:
             t.requires_grad_()
-        out = longformer_attention(q, k, v, backend=name, **args)
+        out = longformer_attention(q, k, v, backend=backend, **args)
         upstream = torch.randn(out.shape, generator=torch.Generator().manual_seed(1))
-        results.append((out, *torch.autograd.grad((out * upstream).sum(), leaves)))
-    for got, want in zip(*results):
+        grads[backend] = (out, torch.autograd.grad((out * upstream).sum(), leaves))
+    torch.testing.assert_close(grads["torch"][0], grads["dense"][0], atol=1e-5, rtol=1e-4)
+    for got, want in zip(grads["torch"][1], grads["dense"][1]):
         torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
 
 
@@ -205,7 +191,7 @@ def test_half_inputs_keep_dtype_and_float32_accuracy(dtype):
     torch.testing.assert_close(out.double(), expected, atol=1e-2, rtol=1e-2)
 
 
-@pytest.mark.parametrize("backend", ["dense", "torch"])
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_dropout_is_random_and_unbiased(backend):
     (q, k, v, *_), _, _ = random_case(1, 1, 10, 4)
     plain = longformer_attention(q, k, v, 4, backend=backend)

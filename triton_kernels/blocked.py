@@ -21,7 +21,6 @@ import math
 import torch
 import torch.nn.functional as F
 
-from . import chunked_cpu
 from .api import AttentionSpec
 from .masks import band, in_window, reach
 
@@ -137,108 +136,52 @@ def _by_residue(x: torch.Tensor, d: int, n: int) -> torch.Tensor:
 def _banded(q, k, v, key_ok, spec: AttentionSpec, extra, extra_mask) -> torch.Tensor:
     """Undilated window attention on ``[B, Hg, S, n, D]`` (``S`` residue sequences).
 
-    ``key_ok`` ``[B, S, n]`` marks real, non-padding tokens. ``extra`` are ``G`` keys/values
-    ``[B, Hg, S, G, D]`` seen by every block where ``extra_mask`` ``[B, S, n, G]`` allows.
+    ``key_ok`` ``[B, S, n]`` marks real, non-padding tokens; padding queries see every key (their
+    output is zeroed by the caller) so that no softmax row is empty. ``extra`` are ``G`` keys/values
+    ``[B, Hg, S, G, D]`` appended to every block, visible where ``extra_mask`` ``[B, S, n, G]``.
     """
     B, Hg, S, n, D = q.shape
     # Keys further than n - 1 away don't exist: cap the reach so short sequences pay nothing extra.
     before = min(reach(spec.window, spec.causal), n - 1)
     after = 0 if spec.causal else before
     window = before if spec.causal else 2 * before
-    layout = _Blocks(B, Hg, S, n, D, block=min(n, max(MIN_BLOCK, min(MAX_BLOCK, before))))
-    if chunked_cpu.supported(q, spec.dropout_p):
-        out = _banded_chunks(layout, q, k, v, key_ok, spec, window, before, after, extra, extra_mask)
-    else:
-        out = _banded_spans(layout, q, k, v, key_ok, spec, window, before, after, extra, extra_mask)
-    return layout.unblock(out)
-
-
-class _Blocks:
-    """Query blocks of ``block`` tokens over ``B*S`` sequences laid end to end, token-major.
-
-    With every sequence padded to ``n_pad`` and the heads innermost, block ``j`` of the whole batch
-    starts at row ``j * block``: one stride reaches any block's keys, whatever sequence it is in.
-    """
-
-    def __init__(self, B, Hg, S, n, D, block):
-        self.B, self.Hg, self.S, self.n, self.D, self.block = B, Hg, S, n, D, block
-        self.blocks = math.ceil(n / block)
-        self.n_pad = self.blocks * block
-        self.N = B * S * self.blocks  # one attention batch entry per query block
-
-    def rows(self, x, margin_before=0, margin_after=0):
-        """``[B, Hg, S, n, D] -> [margin + B*S*n_pad + margin, Hg*D]`` with zero margins."""
-        x = F.pad(x.permute(0, 2, 3, 1, 4), (0, 0, 0, 0, 0, self.n_pad - self.n))
-        x = x.reshape(self.B * self.S * self.n_pad, self.Hg * self.D)
-        return F.pad(x, (0, 0, margin_before, margin_after))
-
-    def queries(self, q):  # -> [N, Hg, block, D] (a view)
-        return self.rows(q).view(self.N, self.block, self.Hg, self.D).transpose(1, 2)
-
-    def per_block(self, x, fill):  # [B, S, n, *] -> [N, block, *]
-        x = F.pad(x, (0, 0, 0, self.n_pad - self.n), value=fill)
-        return x.reshape(self.N, self.block, x.shape[-1])
-
-    def extra_keys(self, x):  # [B, Hg, S, G, D] -> [N, Hg, G, D]: every block gets the same G keys
-        x = x[:, :, :, None].expand(-1, -1, -1, self.blocks, -1, -1).permute(0, 2, 3, 1, 4, 5)
-        return x.reshape(self.N, self.Hg, -1, self.D)
-
-    def unblock(self, out):  # [N, Hg, block, D] -> [B, Hg, S, n, D]
-        out = out.view(self.B, self.S, self.blocks, self.Hg, self.block, self.D).permute(0, 3, 1, 2, 4, 5)
-        return out.reshape(self.B, self.Hg, self.S, self.n_pad, self.D)[..., :self.n, :]
-
-
-def _banded_chunks(layout, q, k, v, key_ok, spec, window, before, after, extra, extra_mask):
-    """CPU without dropout: key blocks at fixed offsets, merged by log-sum-exp (``chunked_cpu``)."""
-    b = layout.block
-    reach_before, reach_after = math.ceil(before / b), math.ceil(after / b)  # in blocks
-    ok = F.pad(key_ok, (0, layout.n_pad - layout.n), value=False).view(layout.B, layout.S, layout.blocks, b)
-    ok = F.pad(ok, (0, 0, reach_before, reach_after), value=False)  # blocks past either end: no keys
-    a = torch.arange(b, device=q.device)
-    chunks = []
-    for offset in range(-reach_before, reach_after + 1):
-        band_ = in_window(a[:, None] - a[None, :] - offset * b, window, 1, spec.causal)  # [b, b]
-        keys_ok = ok[:, :, reach_before + offset:][:, :, :layout.blocks].reshape(layout.N, 1, 1, b)
-        if not band_.any() or not keys_ok.any():
-            continue
-        # Chunks wholly inside every window need no band: one key-validity row per block.
-        seen = keys_ok if band_.all() else band_ & keys_ok
-        chunks.append(chunked_cpu.Chunk(
-            start=(reach_before + offset) * b, mask=_additive(seen, q.dtype), has_key=seen.any(-1)))
-    rows = {"margin_before": reach_before * b, "margin_after": reach_after * b}
-    extras = None
-    if extra is not None:
-        seen = layout.per_block(extra_mask, False)[:, None]  # [N, 1, block, G]
-        extras = (layout.extra_keys(extra[0]), layout.extra_keys(extra[1]), _additive(seen, q.dtype),
-                  seen.any(-1))
-    return chunked_cpu.chunked_attention(
-        layout.queries(q), layout.rows(k, **rows), layout.rows(v, **rows), chunks, extras, spec.scale)
-
-
-def _additive(seen: torch.Tensor, dtype) -> torch.Tensor:
-    return torch.zeros(seen.shape, dtype=dtype, device=seen.device).masked_fill(~seen, float("-inf"))
-
-
-def _banded_spans(layout, q, k, v, key_ok, spec, window, before, after, extra, extra_mask):
-    """Any device, dropout allowed: one SDPA call over overlapping key spans (autograd backward)."""
-    block, N, Hg, D = layout.block, layout.N, layout.Hg, layout.D
+    block = min(n, max(MIN_BLOCK, min(MAX_BLOCK, before)))
+    blocks = math.ceil(n / block)
     span = before + block + after
-    # A span that runs past its own sequence reads the neighbour's tokens (or the zero margins):
-    # masked out below, so the spans are overlapping views of one buffer, nothing copied.
-    def key_spans(x):  # -> [N, Hg, span, D]
-        buffer = layout.rows(x, before, after)
+    n_pad = blocks * block
+    N = B * S * blocks  # one SDPA batch entry per query block
+
+    def rows(x):  # [B, Hg, S, n, D] -> [B*S*n_pad, Hg, D]: token-major, heads inner
+        x = F.pad(x.permute(0, 2, 3, 1, 4), (0, 0, 0, 0, 0, n_pad - n))
+        return x.reshape(B * S * n_pad, Hg, D)
+
+    def key_spans(x):  # -> [N, Hg, span, D], overlapping views into one buffer, nothing copied
+        # All B*S sequences lie end to end, so one stride walks every block's span. A span that runs
+        # past its own sequence reads the neighbour's tokens (or the zero margins): masked out below.
+        buffer = F.pad(rows(x), (0, 0, 0, 0, before, after)).view(-1, Hg * D)
         return buffer.unfold(0, span, block).view(N, Hg, D, span).transpose(-1, -2)
 
+    def per_block(x, fill):  # [B, S, n, *] -> [N, block, *]
+        x = F.pad(x, (0, 0, 0, n_pad - n), value=fill)
+        return x.reshape(N, block, x.shape[-1])
+
+    queries = rows(q).view(N, block, Hg, D).transpose(1, 2)
     keys, values = key_spans(k), key_spans(v)
-    ok = F.pad(key_ok, (before, layout.n_pad - layout.n + after), value=False)
-    mask = band(block, span, window, spec.causal).to(q.device) & ok.unfold(-1, span, block).reshape(N, 1, span)
+    key_ok = F.pad(key_ok, (before, n_pad - n + after), value=False)  # [B, S, before + n_pad + after]
+    span_ok = key_ok.unfold(-1, span, block).reshape(N, 1, span)
+    mask = band(block, span, window, spec.causal).to(q.device) & span_ok
     if extra is not None:
-        keys = torch.cat([keys, layout.extra_keys(extra[0])], dim=-2)  # copies the spans
-        values = torch.cat([values, layout.extra_keys(extra[1])], dim=-2)
-        mask = torch.cat([mask.expand(N, block, span), layout.per_block(extra_mask, False)], dim=-1)
-    # Padding queries see every key so that no softmax row is empty (the caller zeroes them).
-    mask = mask | layout.per_block(~key_ok[..., None], True)
+        def with_extra(spans, x):  # the G global keys join every block's span (this copies the spans)
+            x = x[:, :, :, None].expand(B, Hg, S, blocks, *x.shape[-2:]).permute(0, 2, 3, 1, 4, 5)
+            return torch.cat([spans, x.reshape(N, Hg, -1, D)], dim=-2)
+
+        keys, values = with_extra(keys, extra[0]), with_extra(values, extra[1])
+        mask = torch.cat([mask.expand(N, block, span), per_block(extra_mask, False)], dim=-1)
+    mask = mask | per_block(~key_ok[..., before:before + n, None], True)
+
     # Heads sit in SDPA's head dim so the [N, 1, block, keys] mask broadcasts over them.
-    return F.scaled_dot_product_attention(
-        layout.queries(q), keys, values, attn_mask=mask[:, None], dropout_p=spec.dropout_p, scale=spec.scale,
-    )
+    out = F.scaled_dot_product_attention(
+        queries, keys, values, attn_mask=mask[:, None], dropout_p=spec.dropout_p, scale=spec.scale,
+    )  # [N, Hg, block, D]
+    out = out.view(B, S, blocks, Hg, block, D).permute(0, 3, 1, 2, 4, 5)
+    return out.reshape(B, Hg, S, n_pad, D)[..., :n, :]
