@@ -113,7 +113,8 @@ def make_flex(T, window, dilation):
         d = step[h]
         return (delta % d == 0) & (delta.abs() <= half * d)
 
-    block_mask = create_block_mask(in_window, 1, HEADS, T, T, device="cpu")
+    # Compiled mask construction: the eager path would materialise an H x T x T mask first.
+    block_mask = create_block_mask(in_window, 1, HEADS, T, T, device="cpu", _compile=True)
     compiled = torch.compile(flex_attention)
     return lambda q, k, v: compiled(q, k, v, block_mask=block_mask)
 
