@@ -8,11 +8,10 @@ character, see docs/char_lm.md.
 
 from __future__ import annotations
 
-import math
-
 from fairseq.criterions import register_criterion
 from fairseq.criterions.cross_entropy import CrossEntropyCriterion, CrossEntropyCriterionConfig
-from fairseq.logging import metrics
+
+from ._bpc import log_bpc
 
 
 @register_criterion("char_lm_bpc", dataclass=CrossEntropyCriterionConfig)
@@ -20,7 +19,4 @@ class CharLMBPCCriterion(CrossEntropyCriterion):
     @staticmethod
     def reduce_metrics(logging_outputs) -> None:
         CrossEntropyCriterion.reduce_metrics(logging_outputs)
-        loss_sum = sum(log.get("loss", 0) for log in logging_outputs)
-        ntokens = sum(log.get("ntokens", 0) for log in logging_outputs)
-        if ntokens > 0:
-            metrics.log_scalar("bpc", loss_sum / ntokens / math.log(2), ntokens, round=4)
+        log_bpc(logging_outputs, "ntokens")

@@ -8,11 +8,10 @@ second time under the name ``bpc`` so it can be found in logs and used as
 
 from __future__ import annotations
 
-import math
-
 from fairseq.criterions import register_criterion
 from fairseq.criterions.masked_lm import MaskedLmConfig, MaskedLmLoss
-from fairseq.logging import metrics
+
+from ._bpc import log_bpc
 
 
 @register_criterion("masked_lm_bpc", dataclass=MaskedLmConfig)
@@ -20,10 +19,7 @@ class MaskedLmBpcLoss(MaskedLmLoss):
     @staticmethod
     def reduce_metrics(logging_outputs) -> None:
         MaskedLmLoss.reduce_metrics(logging_outputs)
-        loss_sum = sum(log.get("loss", 0) for log in logging_outputs)
-        sample_size = sum(log.get("sample_size", 0) for log in logging_outputs)
-        if sample_size > 0:
-            metrics.log_scalar("bpc", loss_sum / sample_size / math.log(2), sample_size, round=4)
+        log_bpc(logging_outputs, "sample_size")
 
     @staticmethod
     def logging_outputs_can_be_summed() -> bool:
