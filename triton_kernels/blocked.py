@@ -155,18 +155,18 @@ def _banded(q, k, v, key_ok, spec: AttentionSpec, extra, extra_mask) -> torch.Te
         x = F.pad(x.permute(0, 2, 3, 1, 4), (0, 0, 0, 0, 0, n_pad - n))
         return x.reshape(B * S * n_pad, Hg, D)
 
-    def key_spans(x):  # -> [N, Hg, span, D], overlapping views into one buffer, nothing copied
+    def key_rows(x):  # -> [before + B*S*n_pad + after, Hg*D]
         # All B*S sequences lie end to end, so one stride walks every block's span. A span that runs
         # past its own sequence reads the neighbour's tokens (or the zero margins): masked out below.
-        buffer = F.pad(rows(x), (0, 0, 0, 0, before, after)).view(-1, Hg * D)
-        return buffer.unfold(0, span, block).view(N, Hg, D, span).transpose(-1, -2)
+        return F.pad(rows(x), (0, 0, 0, 0, before, after)).view(-1, Hg * D)
 
     def per_block(x, fill):  # [B, S, n, *] -> [N, block, *]
         x = F.pad(x, (0, 0, 0, n_pad - n), value=fill)
         return x.reshape(N, block, x.shape[-1])
 
     queries = rows(q).view(N, block, Hg, D).transpose(1, 2)
-    keys, values = key_spans(k), key_spans(v)
+    k_rows, v_rows = key_rows(k), key_rows(v)
+    keys, values = _spans(k_rows, N, Hg, span, block), _spans(v_rows, N, Hg, span, block)
     key_ok = F.pad(key_ok, (before, n_pad - n + after), value=False)  # [B, S, before + n_pad + after]
     span_ok = key_ok.unfold(-1, span, block).reshape(N, 1, span)
     mask = band(block, span, window, spec.causal).to(q.device) & span_ok
@@ -180,8 +180,69 @@ def _banded(q, k, v, key_ok, spec: AttentionSpec, extra, extra_mask) -> torch.Te
     mask = mask | per_block(~key_ok[..., before:before + n, None], True)
 
     # Heads sit in SDPA's head dim so the [N, 1, block, keys] mask broadcasts over them.
-    out = F.scaled_dot_product_attention(
-        queries, keys, values, attn_mask=mask[:, None], dropout_p=spec.dropout_p, scale=spec.scale,
-    )  # [N, Hg, block, D]
+    if extra is None and spec.dropout_p == 0.0 and q.device.type == "cpu":
+        out = _SpanAttention.apply(queries, k_rows, v_rows, mask[:, None], span, block, spec.scale)
+    else:
+        out = F.scaled_dot_product_attention(
+            queries, keys, values, attn_mask=mask[:, None], dropout_p=spec.dropout_p, scale=spec.scale,
+        )  # [N, Hg, block, D]
     out = out.view(B, S, blocks, Hg, block, D).permute(0, 3, 1, 2, 4, 5)
     return out.reshape(B, Hg, S, n_pad, D)[..., :n, :]
+
+
+def _spans(rows: torch.Tensor, N: int, Hg: int, span: int, block: int) -> torch.Tensor:
+    """``[R, Hg*D]`` token rows -> ``[N, Hg, span, D]``: block ``j`` sees rows ``j*block`` to
+    ``j*block + span``. Overlapping strided views; nothing is copied."""
+    return rows.unfold(0, span, block).view(N, Hg, -1, span).transpose(-1, -2)
+
+
+_flash = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
+_flash_backward = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward
+
+
+class _SpanAttention(torch.autograd.Function):
+    """SDPA over the span views on CPU, with a backward that folds the span gradients itself.
+
+    Autograd would route the span-sized gradients through ``unfold_backward``; here each span
+    gradient is added back into its token rows with ``ceil(span / block)`` strided, non-overlapping
+    ``add_``. Only the boolean mask is kept for the backward (a float one is 4x the bytes).
+    """
+
+    @staticmethod
+    def forward(ctx, queries, key_rows, value_rows, mask, span, block, scale):
+        N, Hg = queries.shape[:2]
+        keys, values = _spans(key_rows, N, Hg, span, block), _spans(value_rows, N, Hg, span, block)
+        out, lse = _flash(queries, keys, values, attn_mask=_additive(mask, queries.dtype), scale=scale)
+        ctx.save_for_backward(queries, key_rows, value_rows, mask, out, lse)
+        ctx.span, ctx.block, ctx.scale = span, block, scale
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        queries, key_rows, value_rows, mask, out, lse = ctx.saved_tensors
+        N, Hg = queries.shape[:2]
+        span, block = ctx.span, ctx.block
+        keys, values = _spans(key_rows, N, Hg, span, block), _spans(value_rows, N, Hg, span, block)
+        grad_q, grad_keys, grad_values = _flash_backward(
+            grad_out, queries, keys, values, out, lse, 0.0, False,
+            attn_mask=_additive(mask, queries.dtype), scale=ctx.scale)
+        grad_key_rows = _fold(grad_keys, key_rows, block)
+        del grad_keys  # free each span gradient before the next fold allocates
+        grad_value_rows = _fold(grad_values, value_rows, block)
+        return grad_q, grad_key_rows, grad_value_rows, None, None, None, None
+
+
+def _additive(allowed: torch.Tensor, dtype) -> torch.Tensor:
+    return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill_(~allowed, float("-inf"))
+
+
+def _fold(span_grads: torch.Tensor, rows: torch.Tensor, block: int) -> torch.Tensor:
+    """Sum ``[N, Hg, span, D]`` span gradients back into ``[R, Hg*D]`` token rows."""
+    N, Hg, span, D = span_grads.shape
+    grad_rows = torch.zeros_like(rows)
+    for start in range(0, span, block):
+        length = min(block, span - start)
+        # Block j's keys start..start+length sit at rows j*block + start ...: disjoint across j.
+        target = grad_rows.as_strided((N, length, Hg, D), (block * Hg * D, Hg * D, D, 1), start * Hg * D)
+        target.add_(span_grads[:, :, start:start + length].transpose(1, 2))
+    return grad_rows
