@@ -1,11 +1,11 @@
 """The ``torch`` backend: blocked sliding-window attention over ``scaled_dot_product_attention``.
 
-O(T·w) time and memory, forward and backward through autograd, no T x T tensor anywhere.
+O(T·w) time and memory, forward and backward, no T x T tensor anywhere.
 
 * **Blocks.** Queries are cut into blocks of ``b``; block ``j`` only needs the key span reaching
   ``reach`` keys before (and, non-causal, after) it. Spans are overlapping views (``unfold``) of the
-  padded keys, so a single batched SDPA call scores every block against its own span under one
-  shared band mask.
+  padded keys, so one batched flash-attention call scores every block against its own span under
+  one shared band mask (on CPU with its own span-folding backward, ``_SpanAttention``).
 * **Dilation.** Heads with dilation ``d`` see only keys in their query's residue class mod ``d``.
   Regrouping tokens by residue (NATTEN's trick) turns the dilated window into a contiguous one on
   ``d`` sequences of length ``T/d``: the same work as no dilation.
@@ -166,25 +166,27 @@ def _banded(q, k, v, key_ok, spec: AttentionSpec, extra, extra_mask) -> torch.Te
 
     queries = rows(q).view(N, block, Hg, D).transpose(1, 2)
     k_rows, v_rows = key_rows(k), key_rows(v)
-    keys, values = _spans(k_rows, N, Hg, span, block), _spans(v_rows, N, Hg, span, block)
     key_ok = F.pad(key_ok, (before, n_pad - n + after), value=False)  # [B, S, before + n_pad + after]
     span_ok = key_ok.unfold(-1, span, block).reshape(N, 1, span)
     mask = band(block, span, window, spec.causal).to(q.device) & span_ok
-    if extra is not None:
-        def with_extra(spans, x):  # the G global keys join every block's span (this copies the spans)
-            x = x[:, :, :, None].expand(B, Hg, S, blocks, *x.shape[-2:]).permute(0, 2, 3, 1, 4, 5)
-            return torch.cat([spans, x.reshape(N, Hg, -1, D)], dim=-2)
+    # Padding queries see every key so that no softmax row is empty (the caller zeroes them).
+    query_pad = per_block(~key_ok[..., before:before + n, None], True)
 
-        keys, values = with_extra(keys, extra[0]), with_extra(values, extra[1])
-        mask = torch.cat([mask.expand(N, block, span), per_block(extra_mask, False)], dim=-1)
-    mask = mask | per_block(~key_ok[..., before:before + n, None], True)
-
-    # Heads sit in SDPA's head dim so the [N, 1, block, keys] mask broadcasts over them.
+    # Heads sit in the attention head dim so the [N, 1, block, keys] mask broadcasts over them.
     if extra is None and spec.dropout_p == 0.0 and q.device.type == "cpu":
-        out = _SpanAttention.apply(queries, k_rows, v_rows, mask[:, None], span, block, spec.scale)
+        out = _SpanAttention.apply(queries, k_rows, v_rows, (mask | query_pad)[:, None], span, block, spec.scale)
     else:
+        keys, values = _spans(k_rows, N, Hg, span, block), _spans(v_rows, N, Hg, span, block)
+        if extra is not None:
+            def with_extra(spans, x):  # the G global keys join every block's span (this copies the spans)
+                x = x[:, :, :, None].expand(B, Hg, S, blocks, *x.shape[-2:]).permute(0, 2, 3, 1, 4, 5)
+                return torch.cat([spans, x.reshape(N, Hg, -1, D)], dim=-2)
+
+            keys, values = with_extra(keys, extra[0]), with_extra(values, extra[1])
+            mask = torch.cat([mask.expand(N, block, span), per_block(extra_mask, False)], dim=-1)
         out = F.scaled_dot_product_attention(
-            queries, keys, values, attn_mask=mask[:, None], dropout_p=spec.dropout_p, scale=spec.scale,
+            queries, keys, values, attn_mask=(mask | query_pad)[:, None], dropout_p=spec.dropout_p,
+            scale=spec.scale,
         )  # [N, Hg, block, D]
     out = out.view(B, S, blocks, Hg, block, D).permute(0, 3, 1, 2, 4, 5)
     return out.reshape(B, Hg, S, n_pad, D)[..., :n, :]
