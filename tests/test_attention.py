@@ -165,6 +165,29 @@ def test_gradcheck(backend, c):
 
 
 @pytest.mark.parametrize("causal", [False, True])
+def test_torch_cpu_path_in_many_chunks(monkeypatch, causal):
+    # One query block per chunk: every chunk boundary of the forward and of the gradient fold is hit.
+    import triton_kernels.blocked as blocked
+    monkeypatch.setattr(blocked, "CHUNK_BYTES", 1)
+    c = dict(B=2, H=3, T=100, D=3, window=8, dilation=[1, 2, 1], causal=causal, padding=[(1, "left", 9)])
+    (q, k, v, *_), kpm, _ = random_case(c["B"], c["H"], c["T"], c["D"], torch.float64, c["padding"])
+
+    def fn(q, k, v):
+        return longformer_attention(q, k, v, c["window"], dilation=c["dilation"], causal=causal,
+                                    key_padding_mask=kpm, backend="torch")
+
+    inputs = [t.requires_grad_() for t in (q, k, v)]
+    out = fn(*inputs)
+    torch.testing.assert_close(out, brute_force(q, k, v, c["window"], c["dilation"], causal, kpm))
+    upstream = torch.randn(out.shape, dtype=out.dtype, generator=torch.Generator().manual_seed(1))
+    got = torch.autograd.grad((out * upstream).sum(), inputs)
+    dense = longformer_attention(*inputs, c["window"], dilation=c["dilation"], causal=causal,
+                                 key_padding_mask=kpm, backend="dense")
+    for g, want in zip(got, torch.autograd.grad((dense * upstream).sum(), inputs)):
+        torch.testing.assert_close(g, want)
+
+
+@pytest.mark.parametrize("causal", [False, True])
 def test_torch_gradients_match_dense_on_larger_inputs(causal):
     c = dict(B=2, H=4, T=301, D=16, window=32 if not causal else 33, dilation=[1, 1, 2, 4], causal=causal,
              padding=[(0, "right", 37), (1, "left", 12)], n_globals=None if causal else [5, 2])

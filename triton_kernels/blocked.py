@@ -49,8 +49,7 @@ def attention(spec: AttentionSpec) -> torch.Tensor:
 
     parts, order = [], []
     for d, heads in heads_by_dilation.items():
-        index = None if len(heads) == H else torch.tensor(heads, device=q.device)
-        pick = (lambda t: t) if index is None else (lambda t: t.index_select(1, index))
+        pick = _head_picker(heads, H, q.device)
         extra = None
         if globals_ is not None:
             extra = (globals_.take(pick(k)), globals_.take(pick(v)))
@@ -65,6 +64,14 @@ def attention(spec: AttentionSpec) -> torch.Tensor:
     if padding is not None:
         out = out.masked_fill(padding[:, None, :, None], 0.0)
     return out.to(out_dtype)
+
+
+def _head_picker(heads: list[int], H: int, device):
+    """``[B, H, ...] -> [B, len(heads), ...]``: a view when the heads are consecutive, else a gather."""
+    if heads == list(range(heads[0], heads[0] + len(heads))):
+        return (lambda t: t) if len(heads) == H else (lambda t: t[:, heads[0]:heads[0] + len(heads)])
+    index = torch.tensor(heads, device=device)
+    return lambda t: t.index_select(1, index)
 
 
 class _GlobalTokens:
@@ -107,11 +114,13 @@ def _global_rows(spec: AttentionSpec, globals_: _GlobalTokens, padding, compute_
 
 
 def _dilated_window(q, k, v, d: int, spec: AttentionSpec, padding, globals_, extra) -> torch.Tensor:
-    """Window attention for heads sharing dilation ``d``: ``[B, Hg, T, D] -> [B, Hg, T, D]``."""
+    """Window attention for heads sharing dilation ``d``: ``[B, Hg, T, D] -> [B, Hg, T, D]``.
+
+    Token ``t = i*d + r`` is position ``i`` of residue sequence ``r``; on those ``d`` sequences of
+    length ``n`` the dilated window is a contiguous one.
+    """
     B, Hg, T, D = q.shape
     n = math.ceil(T / d)
-    # Token t = i*d + r goes to residue sequence r at index i: [B, Hg, d, n, D].
-    q, k, v = (_by_residue(x, d, n) for x in (q, k, v))
     position = torch.arange(n * d, device=q.device).view(n, d).t()  # [d, n]
     key_ok = (position < T).expand(B, d, n)
     if padding is not None:
@@ -122,25 +131,18 @@ def _dilated_window(q, k, v, d: int, spec: AttentionSpec, padding, globals_, ext
         delta = position[None, :, :, None] - globals_.index[:, None, None, :]  # [B, d, n, G]
         extra_mask = globals_.valid[:, None, None, :] & ~in_window(delta, spec.window, d, spec.causal)
         extra = tuple(x[:, :, None].expand(B, Hg, d, *x.shape[2:]) for x in extra)
-    out = _banded(q, k, v, key_ok, spec, extra, extra_mask)  # [B, Hg, d, n, D]
-    return out.transpose(2, 3).reshape(B, Hg, n * d, D)[:, :, :T]
-
-
-def _by_residue(x: torch.Tensor, d: int, n: int) -> torch.Tensor:
-    """``[B, H, T, D] -> [B, H, d, n, D]`` grouping tokens by position mod ``d`` (zero-padded to n*d)."""
-    B, H, T, D = x.shape
-    x = F.pad(x, (0, 0, 0, n * d - T))
-    return x.view(B, H, n, d, D).transpose(2, 3)
+    return _banded(q, k, v, key_ok, spec, extra, extra_mask)
 
 
 def _banded(q, k, v, key_ok, spec: AttentionSpec, extra, extra_mask) -> torch.Tensor:
-    """Undilated window attention on ``[B, Hg, S, n, D]`` (``S`` residue sequences).
+    """Undilated window attention on the ``S`` residue sequences of ``[B, Hg, T, D]`` inputs.
 
     ``key_ok`` ``[B, S, n]`` marks real, non-padding tokens; padding queries see every key (their
     output is zeroed by the caller) so that no softmax row is empty. ``extra`` are ``G`` keys/values
     ``[B, Hg, S, G, D]`` appended to every block, visible where ``extra_mask`` ``[B, S, n, G]``.
     """
-    B, Hg, S, n, D = q.shape
+    B, Hg, T, D = q.shape
+    S, n = key_ok.shape[1:]
     # Keys further than n - 1 away don't exist: cap the reach so short sequences pay nothing extra.
     before = min(reach(spec.window, spec.causal), n - 1)
     after = 0 if spec.causal else before
@@ -150,32 +152,27 @@ def _banded(q, k, v, key_ok, spec: AttentionSpec, extra, extra_mask) -> torch.Te
     span = before + block + after
     n_pad = blocks * block
     N = B * S * blocks  # one SDPA batch entry per query block
-
-    def rows(x):  # [B, Hg, S, n, D] -> [B*S*n_pad, Hg, D]: token-major, heads inner
-        x = F.pad(x.permute(0, 2, 3, 1, 4), (0, 0, 0, 0, 0, n_pad - n))
-        return x.reshape(B * S * n_pad, Hg, D)
-
-    def key_rows(x):  # -> [before + B*S*n_pad + after, Hg*D]
-        # All B*S sequences lie end to end, so one stride walks every block's span. A span that runs
-        # past its own sequence reads the neighbour's tokens (or the zero margins): masked out below.
-        return F.pad(rows(x), (0, 0, 0, 0, before, after)).view(-1, Hg * D)
+    layout = _RowLayout(T, S, n_pad)
 
     def per_block(x, fill):  # [B, S, n, *] -> [N, block, *]
         x = F.pad(x, (0, 0, 0, n_pad - n), value=fill)
         return x.reshape(N, block, x.shape[-1])
 
-    queries = rows(q).view(N, block, Hg, D).transpose(1, 2)
-    k_rows, v_rows = key_rows(k), key_rows(v)
+    queries = _ToRows.apply(q, layout, 0, 0).view(N, block, Hg, D).transpose(1, 2)
+    # All B*S sequences lie end to end, so one stride walks every block's span. A span that runs
+    # past its own sequence reads the neighbour's tokens (or the zero margins): masked out below.
+    k_rows, v_rows = (_ToRows.apply(x, layout, before, after).view(-1, Hg * D) for x in (k, v))
     key_ok = F.pad(key_ok, (before, n_pad - n + after), value=False)  # [B, S, before + n_pad + after]
-    span_ok = key_ok.unfold(-1, span, block).reshape(N, 1, span)
-    mask = band(block, span, window, spec.causal).to(q.device) & span_ok
+    span_ok = key_ok.unfold(-1, span, block).reshape(N, span)
     # Padding queries see every key so that no softmax row is empty (the caller zeroes them).
-    query_pad = per_block(~key_ok[..., before:before + n, None], True)
+    query_pad = per_block(~key_ok[..., before:before + n, None], True)[..., 0]  # [N, block]
+    allowed = band(block, span, window, spec.causal).to(q.device)
 
     # Heads sit in the attention head dim so the [N, 1, block, keys] mask broadcasts over them.
     if extra is None and spec.dropout_p == 0.0 and q.device.type == "cpu":
-        out = _SpanAttention.apply(queries, k_rows, v_rows, (mask | query_pad)[:, None], span, block, spec.scale)
+        out = _SpanAttention.apply(queries, k_rows, v_rows, allowed, span_ok, query_pad, block, spec.scale)
     else:
+        mask = allowed & span_ok[:, None, :]
         keys, values = _spans(k_rows, N, Hg, span, block), _spans(v_rows, N, Hg, span, block)
         if extra is not None:
             def with_extra(spans, x):  # the G global keys join every block's span (this copies the spans)
@@ -183,13 +180,75 @@ def _banded(q, k, v, key_ok, spec: AttentionSpec, extra, extra_mask) -> torch.Te
                 return torch.cat([spans, x.reshape(N, Hg, -1, D)], dim=-2)
 
             keys, values = with_extra(keys, extra[0]), with_extra(values, extra[1])
-            mask = torch.cat([mask.expand(N, block, span), per_block(extra_mask, False)], dim=-1)
+            mask = torch.cat([mask, per_block(extra_mask, False)], dim=-1)
         out = F.scaled_dot_product_attention(
-            queries, keys, values, attn_mask=(mask | query_pad)[:, None], dropout_p=spec.dropout_p,
+            queries, keys, values, attn_mask=(mask | query_pad[:, :, None])[:, None], dropout_p=spec.dropout_p,
             scale=spec.scale,
         )  # [N, Hg, block, D]
-    out = out.view(B, S, blocks, Hg, block, D).permute(0, 3, 1, 2, 4, 5)
-    return out.reshape(B, Hg, S, n_pad, D)[..., :n, :]
+    return _FromRows.apply(out.transpose(1, 2).reshape(B * S * n_pad, Hg, D), layout)
+
+
+class _RowLayout:
+    """Token-major rows of ``S`` residue sequences: token ``t = i*S + r`` of batch row ``b`` sits at
+    row ``(b*S + r)*n_pad + i``, heads inside the row. Rows past a sequence's end are zeros."""
+
+    def __init__(self, T: int, S: int, n_pad: int):
+        self.T, self.S, self.n_pad = T, S, n_pad
+        self.full = T // S  # positions i at which all S residues exist
+        self.rest = T - self.full * S  # residues that also exist at position ``full``
+
+    def to_rows(self, x: torch.Tensor, before: int, after: int) -> torch.Tensor:
+        """``[B, Hg, T, D] -> [before + B*S*n_pad + after, Hg, D]`` in one pass (zero margins)."""
+        B, Hg, T, D = x.shape
+        S, full, rest = self.S, self.full, self.rest
+        rows = x.new_empty(before + B * S * self.n_pad + after, Hg, D)
+        rows[:before].zero_()
+        rows[rows.shape[0] - after:].zero_()
+        grid = rows[before:before + B * S * self.n_pad].view(B, S, self.n_pad, Hg, D)
+        grid[:, :, :full].copy_(x[:, :, :full * S].unflatten(2, (full, S)).permute(0, 3, 2, 1, 4))
+        if rest:
+            grid[:, :rest, full].copy_(x[:, :, full * S:].transpose(1, 2))
+            grid[:, rest:, full].zero_()
+        grid[:, :, full + (1 if rest else 0):].zero_()
+        return rows
+
+    def from_rows(self, rows: torch.Tensor, before: int = 0) -> torch.Tensor:
+        """The inverse gather: ``[before + B*S*n_pad + ..., Hg, D] -> [B, Hg, T, D]``."""
+        _, Hg, D = rows.shape
+        S, full, rest = self.S, self.full, self.rest
+        B = (rows.shape[0] - before) // (S * self.n_pad)
+        grid = rows[before:before + B * S * self.n_pad].view(B, S, self.n_pad, Hg, D)
+        out = rows.new_empty(B, Hg, self.T, D)
+        out[:, :, :full * S].unflatten(2, (full, S)).copy_(grid[:, :, :full].permute(0, 3, 2, 1, 4))
+        if rest:
+            out[:, :, full * S:].copy_(grid[:, :rest, full].transpose(1, 2))
+        return out
+
+
+class _ToRows(torch.autograd.Function):
+    """``_RowLayout.to_rows`` with its gather as the backward (autograd would clone per copy)."""
+
+    @staticmethod
+    def forward(ctx, x, layout, before, after):
+        ctx.layout, ctx.before = layout, before
+        return layout.to_rows(x, before, after)
+
+    @staticmethod
+    def backward(ctx, grad_rows):
+        return ctx.layout.from_rows(grad_rows, ctx.before), None, None, None
+
+
+class _FromRows(torch.autograd.Function):
+    """``_RowLayout.from_rows`` (no margins) with its scatter as the backward."""
+
+    @staticmethod
+    def forward(ctx, rows, layout):
+        ctx.layout = layout
+        return layout.from_rows(rows)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        return ctx.layout.to_rows(grad_out, 0, 0), None
 
 
 def _spans(rows: torch.Tensor, N: int, Hg: int, span: int, block: int) -> torch.Tensor:
@@ -203,48 +262,90 @@ _flash_backward = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_bac
 
 
 class _SpanAttention(torch.autograd.Function):
-    """SDPA over the span views on CPU, with a backward that folds the span gradients itself.
+    """SDPA over the span views on CPU, in chunks of query blocks, with its own backward.
 
     Autograd would route the span-sized gradients through ``unfold_backward``; here each span
     gradient is added back into its token rows with ``ceil(span / block)`` strided, non-overlapping
-    ``add_``. Only the boolean mask is kept for the backward (a float one is 4x the bytes).
+    ``add_``. Chunking bounds what exists at once: the flash backward returns key and value
+    gradients per span (``span / block`` times the size of k), so done for every block at once they
+    would be the largest tensors of the whole op. Blocks whose keys and queries are all real share
+    one ``[block, span]`` band mask; only the others (sequence ends, padding) get masks of their own.
     """
 
     @staticmethod
-    def forward(ctx, queries, key_rows, value_rows, mask, span, block, scale):
-        N, Hg = queries.shape[:2]
+    def forward(ctx, queries, key_rows, value_rows, allowed, span_ok, query_pad, block, scale):
+        N, Hg, _, D = queries.shape
+        span = allowed.shape[1]
         keys, values = _spans(key_rows, N, Hg, span, block), _spans(value_rows, N, Hg, span, block)
-        out, lse = _flash(queries, keys, values, attn_mask=_additive(mask, queries.dtype), scale=scale)
-        ctx.save_for_backward(queries, key_rows, value_rows, mask, out, lse)
-        ctx.span, ctx.block, ctx.scale = span, block, scale
+        masks = _ChunkMasks(allowed, span_ok, query_pad, queries.dtype)
+        outs, lses = [], []
+        for chunk in masks.chunks(Hg * span * D * queries.element_size()):
+            out, lse = _flash(queries[chunk], keys[chunk], values[chunk], attn_mask=masks[chunk], scale=scale)
+            outs.append(out)
+            lses.append(lse)
+        out, lse = (outs[0], lses[0]) if len(outs) == 1 else (torch.cat(outs), torch.cat(lses))
+        ctx.save_for_backward(queries, key_rows, value_rows, allowed, span_ok, query_pad, out, lse)
+        ctx.block, ctx.scale = block, scale
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
-        queries, key_rows, value_rows, mask, out, lse = ctx.saved_tensors
-        N, Hg = queries.shape[:2]
-        span, block = ctx.span, ctx.block
+        queries, key_rows, value_rows, allowed, span_ok, query_pad, out, lse = ctx.saved_tensors
+        N, Hg, _, D = queries.shape
+        span, block = allowed.shape[1], ctx.block
         keys, values = _spans(key_rows, N, Hg, span, block), _spans(value_rows, N, Hg, span, block)
-        grad_q, grad_keys, grad_values = _flash_backward(
-            grad_out, queries, keys, values, out, lse, 0.0, False,
-            attn_mask=_additive(mask, queries.dtype), scale=ctx.scale)
-        grad_key_rows = _fold(grad_keys, key_rows, block)
-        del grad_keys  # free each span gradient before the next fold allocates
-        grad_value_rows = _fold(grad_values, value_rows, block)
-        return grad_q, grad_key_rows, grad_value_rows, None, None, None, None
+        masks = _ChunkMasks(allowed, span_ok, query_pad, queries.dtype)
+        grad_q = torch.empty_like(queries)
+        grad_key_rows, grad_value_rows = torch.zeros_like(key_rows), torch.zeros_like(value_rows)
+        for chunk in masks.chunks(Hg * span * D * queries.element_size()):
+            grad_q[chunk], grad_keys, grad_values = _flash_backward(
+                grad_out[chunk], queries[chunk], keys[chunk], values[chunk], out[chunk], lse[chunk], 0.0, False,
+                attn_mask=masks[chunk], scale=ctx.scale)
+            _fold_into(grad_key_rows, grad_keys, chunk.start, block)
+            _fold_into(grad_value_rows, grad_values, chunk.start, block)
+        return grad_q, grad_key_rows, grad_value_rows, None, None, None, None, None
+
+
+# Bytes of span gradients (per tensor) one chunk may produce; about a last-level cache's worth.
+CHUNK_BYTES = 16 * 2**20
+
+
+class _ChunkMasks:
+    """Additive masks for runs of query blocks: the shared band where every key and query of a block
+    is real, ``band & key_ok | query_is_padding`` built per block elsewhere."""
+
+    def __init__(self, allowed, span_ok, query_pad, dtype):
+        self.allowed, self.span_ok, self.query_pad, self.dtype = allowed, span_ok, query_pad, dtype
+        self.plain = (span_ok.all(dim=1) & ~query_pad.any(dim=1)).tolist()  # [N] blocks with the band only
+        self.band = _additive(allowed, dtype)[None, None]  # [1, 1, block, span]
+
+    def chunks(self, bytes_per_block: int) -> list[slice]:
+        """Consecutive blocks, all plain or all not, producing under ``CHUNK_BYTES`` of span tensors."""
+        size, runs, start = max(1, CHUNK_BYTES // bytes_per_block), [], 0
+        for stop in range(1, len(self.plain) + 1):
+            if stop == len(self.plain) or self.plain[stop] != self.plain[start] or stop - start == size:
+                runs.append(slice(start, stop))
+                start = stop
+        return runs
+
+    def __getitem__(self, chunk: slice) -> torch.Tensor:
+        if self.plain[chunk.start]:
+            return self.band
+        allowed = self.allowed & self.span_ok[chunk, None, :] | self.query_pad[chunk, :, None]
+        return _additive(allowed, self.dtype)[:, None]
 
 
 def _additive(allowed: torch.Tensor, dtype) -> torch.Tensor:
-    return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill_(~allowed, float("-inf"))
+    zero, minus_inf = (torch.tensor(x, dtype=dtype, device=allowed.device) for x in (0.0, float("-inf")))
+    return torch.where(allowed, zero, minus_inf)
 
 
-def _fold(span_grads: torch.Tensor, rows: torch.Tensor, block: int) -> torch.Tensor:
-    """Sum ``[N, Hg, span, D]`` span gradients back into ``[R, Hg*D]`` token rows."""
-    N, Hg, span, D = span_grads.shape
-    grad_rows = torch.zeros_like(rows)
+def _fold_into(grad_rows: torch.Tensor, span_grads: torch.Tensor, first_block: int, block: int) -> None:
+    """Add ``[n, Hg, span, D]`` gradients of blocks ``first_block ...`` into ``[R, Hg*D]`` token rows."""
+    n, Hg, span, D = span_grads.shape
     for start in range(0, span, block):
         length = min(block, span - start)
         # Block j's keys start..start+length sit at rows j*block + start ...: disjoint across j.
-        target = grad_rows.as_strided((N, length, Hg, D), (block * Hg * D, Hg * D, D, 1), start * Hg * D)
+        offset = (first_block * block + start) * Hg * D
+        target = grad_rows.as_strided((n, length, Hg, D), (block * Hg * D, Hg * D, D, 1), offset)
         target.add_(span_grads[:, :, start:start + length].transpose(1, 2))
-    return grad_rows
