@@ -6,6 +6,10 @@ forward + cross-entropy + backward + AdamW step on one sequence. Ours uses windo
 (dilation on 2 heads of the upper layers as in Table 12) and exact Transformer-XL relative positions;
 fairseq's ``transformer_lm`` uses learned absolute positions and its dense T x T future mask.
 
+A third row, ``window1_bound``, is our model with window 1 (each character attends itself and the one before):
+everything but attention costs what it costs in ours, so its speed-up over ``transformer_lm`` is
+the most that *any* attention implementation could give this model at that length (Amdahl's law).
+
 Each (model, length) runs in a fresh subprocess so its peak RSS is its own. Usage::
 
     python benchmarks/charlm_throughput.py                 # 12 layers, T = 4096 and 8192
@@ -26,9 +30,16 @@ import time
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "results"
+MODELS = ("transformer_lm", "longformer_lm", "window1_bound")
 
 
-def build_model(kind: str, seq_len: int, layers: int, window: int, checkpoint_activations: bool = False):
+def model_window(kind: str, window: int) -> int | None:
+    """The attention window a model row runs with (transformer_lm: full causal attention)."""
+    return {"longformer_lm": window, "window1_bound": 1}.get(kind)
+
+
+def build_model(kind: str, seq_len: int, layers: int, window: int, checkpoint_activations: bool = False,
+                rel_pos_dim: int = 0):
     from fairseq.data import Dictionary
 
     dictionary = Dictionary()
@@ -38,13 +49,14 @@ def build_model(kind: str, seq_len: int, layers: int, window: int, checkpoint_ac
     class Task:
         source_dictionary = target_dictionary = dictionary
 
-    if kind == "longformer_lm":
+    if kind != "transformer_lm":
+        window = model_window(kind, window)
         from fairseq_longformer.models.longformer_lm import LongformerLanguageModel, LongformerLMConfig
 
         upper = layers // 2  # Table 12: no dilation in the lower half, gaps 1/2/3 above
         dilation = [1] * (layers - upper) + [2 + (3 * i) // upper for i in range(upper)]
         cfg = LongformerLMConfig(decoder_layers=layers, attention_window=[window], attention_dilation=dilation,
-                                 dropout=0.2, checkpoint_activations=checkpoint_activations)
+                                 dropout=0.2, checkpoint_activations=checkpoint_activations, rel_pos_dim=rel_pos_dim)
         return LongformerLanguageModel.build_model(cfg, Task())
 
     from fairseq.models.transformer_lm import TransformerLanguageModel, TransformerLanguageModelConfig
@@ -58,13 +70,13 @@ def build_model(kind: str, seq_len: int, layers: int, window: int, checkpoint_ac
 
 
 def worker(kind: str, seq_len: int, layers: int, window: int, steps: int, threads: int,
-           checkpoint_activations: bool) -> dict:
+           checkpoint_activations: bool, rel_pos_dim: int) -> dict:
     import torch
     import torch.nn.functional as F
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
-    model = build_model(kind, seq_len, layers, window, checkpoint_activations).train()
+    model = build_model(kind, seq_len, layers, window, checkpoint_activations, rel_pos_dim).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.01)
     tokens = torch.randint(4, 260, (1, seq_len + 1))
     source, target = tokens[:, :-1], tokens[:, 1:]
@@ -84,7 +96,7 @@ def worker(kind: str, seq_len: int, layers: int, window: int, steps: int, thread
         step()
     elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu_start
     return {
-        "model": kind, "seq_len": seq_len, "layers": layers, "window": window if kind == "longformer_lm" else None,
+        "model": kind, "seq_len": seq_len, "layers": layers, "window": model_window(kind, window),
         "params_M": round(sum(p.numel() for p in model.parameters()) / 1e6, 2),
         "tokens_per_s": round(seq_len * steps / elapsed, 1), "s_per_step": round(elapsed / steps, 3),
         # CPU seconds of this process: less sensitive than wall time to other jobs on a shared machine
@@ -92,12 +104,14 @@ def worker(kind: str, seq_len: int, layers: int, window: int, steps: int, thread
         "peak_rss_MiB": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
         "rss_before_training_MiB": round(rss_before), "threads": threads,
         "checkpoint_activations": checkpoint_activations,
+        "rel_pos_dim": None if kind == "transformer_lm" else rel_pos_dim,
     }
 
 
 def run_isolated(kind: str, seq_len: int, args) -> dict:
     command = [sys.executable, __file__, "--worker", kind, "--seq-len", str(seq_len), "--layers", str(args.layers),
-               "--window", str(args.window), "--steps", str(args.steps), "--threads", str(args.threads)]
+               "--window", str(args.window), "--steps", str(args.steps), "--threads", str(args.threads),
+               "--rel-pos-dim", str(args.rel_pos_dim)]
     if args.checkpoint_activations:
         command.append("--checkpoint-activations")
     print(f"[bench] {kind} T={seq_len} ...", flush=True)
@@ -118,7 +132,8 @@ def markdown(rows: list[dict], args) -> str:
     lines = [
         f"Training step (fwd + bwd + AdamW) on CPU, {args.threads} threads, {args.layers} layers x 512 hidden, "
         f"batch 1, {args.steps} timed steps; window {args.window} for longformer_lm"
-        f"{'; gradient checkpointing on both' if args.checkpoint_activations else ''}.",
+        f"{'; gradient checkpointing on both' if args.checkpoint_activations else ''}"
+        f"{f'; --rel-pos-dim {args.rel_pos_dim}' if args.rel_pos_dim else ''}.",
         "",
         "| T | model | tokens/s (wall) | s/step | tokens per CPU-s | peak RSS MiB | speed-up vs transformer_lm (wall / CPU) | memory vs transformer_lm |",
         "|---|---|---|---|---|---|---|---|",
@@ -134,6 +149,12 @@ def markdown(rows: list[dict], args) -> str:
         mem = f"{r['peak_rss_MiB'] / base['peak_rss_MiB']:.2f}x" if "peak_rss_MiB" in base else "-"
         lines.append(f"| {r['seq_len']} | {r['model']} | {r['tokens_per_s']} | {r['s_per_step']} | "
                      f"{r['tokens_per_cpu_s']} | {r['peak_rss_MiB']} | {speed} | {mem} |")
+    lines += ["", "Peak RSS added per 1K tokens as T grows (flat = memory linear in T):", ""]
+    for model in args.models:
+        ok = sorted((r["seq_len"], r["peak_rss_MiB"]) for r in rows if r["model"] == model and "error" not in r)
+        steps = [f"{t0}->{t1}: {1024 * (m1 - m0) / (t1 - t0):.0f} MiB" for (t0, m0), (t1, m1) in zip(ok, ok[1:])]
+        if steps:
+            lines.append(f"- {model}: " + ", ".join(steps))
     return "\n".join(lines) + "\n"
 
 
@@ -148,13 +169,17 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="2 layers, 2 timed steps")
     parser.add_argument("--checkpoint-activations", action="store_true",
                         help="gradient checkpointing in both models (the paper trained this way)")
+    parser.add_argument("--rel-pos-dim", type=int, default=0,
+                        help="longformer_lm's sinusoid size per head (0 = head size, the default model)")
     parser.add_argument("--out", default=str(RESULTS / "charlm_throughput"), help="output path without suffix")
+    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS,
+                        help="window1_bound: our model with window 1, the (almost) attention-free speed ceiling")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--seq-len", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         print(json.dumps(worker(args.worker, args.seq_len, args.layers, args.window, args.steps, args.threads,
-                                args.checkpoint_activations)))
+                                args.checkpoint_activations, args.rel_pos_dim)))
         return
     if args.quick:
         args.layers, args.steps = 2, 2
@@ -163,7 +188,7 @@ def main() -> None:
     except ValueError:
         raise SystemExit(f"error: --seq-lens must be comma-separated integers, got {args.seq_lens!r}") from None
 
-    rows = [run_isolated(kind, T, args) for T in seq_lens for kind in ("transformer_lm", "longformer_lm")]
+    rows = [run_isolated(kind, T, args) for T in seq_lens for kind in args.models]
     table = markdown(rows, args)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
