@@ -46,18 +46,18 @@ def attention(spec: AttentionSpec) -> torch.Tensor:
     heads_by_dilation: dict[int, list[int]] = {}
     for head, d in enumerate(spec.dilation):
         heads_by_dilation.setdefault(d, []).append(head)
+    groups = [(_head_selector(heads, q.device), _Blocking(T, d, spec.window, spec.causal))
+              for d, heads in heads_by_dilation.items()]
 
-    parts, order = [], []
-    for d, heads in heads_by_dilation.items():
-        pick = _head_picker(heads, H, q.device)
+    q_rows = _ToRows.apply(q, groups, False)
+    k_rows, v_rows = _ToRows.apply(k, groups, True), _ToRows.apply(v, groups, True)
+    out_rows = []
+    for i, (heads, blocking) in enumerate(groups):
         extra = None
         if globals_ is not None:
-            extra = (globals_.take(pick(k)), globals_.take(pick(v)))
-        parts.append(_dilated_window(pick(q), pick(k), pick(v), d, spec, padding, globals_, extra))
-        order += heads
-    out = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
-    if order != list(range(H)):
-        out = out.index_select(1, torch.tensor(order, device=q.device).argsort())
+            extra = (globals_.take(k[:, heads]), globals_.take(v[:, heads]))
+        out_rows.append(_group_attention(q_rows[i], k_rows[i], v_rows[i], blocking, spec, padding, globals_, extra))
+    out = _FromRows.apply(groups, H, *out_rows)
 
     if globals_ is not None:
         out = globals_.overwrite_rows(out, _global_rows(spec, globals_, padding, q.dtype))
@@ -66,12 +66,11 @@ def attention(spec: AttentionSpec) -> torch.Tensor:
     return out.to(out_dtype)
 
 
-def _head_picker(heads: list[int], H: int, device):
-    """``[B, H, ...] -> [B, len(heads), ...]``: a view when the heads are consecutive, else a gather."""
-    if heads == list(range(heads[0], heads[0] + len(heads))):
-        return (lambda t: t) if len(heads) == H else (lambda t: t[:, heads[0]:heads[0] + len(heads)])
-    index = torch.tensor(heads, device=device)
-    return lambda t: t.index_select(1, index)
+def _head_selector(heads: list[int], device) -> slice | torch.Tensor:
+    """Index for ``x[:, heads]``: a slice (a view) when the heads are consecutive, else a gather."""
+    if heads == list(range(heads[0], heads[-1] + 1)):
+        return slice(heads[0], heads[-1] + 1)
+    return torch.tensor(heads, device=device)
 
 
 class _GlobalTokens:
@@ -113,94 +112,39 @@ def _global_rows(spec: AttentionSpec, globals_: _GlobalTokens, padding, compute_
     )
 
 
-def _dilated_window(q, k, v, d: int, spec: AttentionSpec, padding, globals_, extra) -> torch.Tensor:
-    """Window attention for heads sharing dilation ``d``: ``[B, Hg, T, D] -> [B, Hg, T, D]``.
+class _Blocking:
+    """How one dilation group is cut up. Heads with dilation ``d`` see only keys in their query's
+    residue class: token ``t = i*d + r`` is position ``i`` of residue sequence ``r`` of length
+    ``n``, on which the dilated window is a contiguous one. Each sequence is cut into ``blocks``
+    query blocks of ``block`` tokens scored against ``span`` keys.
 
-    Token ``t = i*d + r`` is position ``i`` of residue sequence ``r``; on those ``d`` sequences of
-    length ``n`` the dilated window is a contiguous one.
+    Rows are token-major (heads inside a row): token ``i*S + r`` of batch row ``b`` sits at row
+    ``(b*S + r)*n_pad + i``, so all ``B*S`` sequences lie end to end and one stride walks every
+    block's span. Key rows get ``before``/``after`` zero margins; rows past a sequence's end are zeros.
     """
-    B, Hg, T, D = q.shape
-    n = math.ceil(T / d)
-    position = torch.arange(n * d, device=q.device).view(n, d).t()  # [d, n]
-    key_ok = (position < T).expand(B, d, n)
-    if padding is not None:
-        key_ok = key_ok & ~F.pad(padding, (0, n * d - T)).view(B, n, d).transpose(1, 2)
-    extra_mask = None
-    if extra is not None:
-        # Global keys already inside the query's window are scored there; don't count them twice.
-        delta = position[None, :, :, None] - globals_.index[:, None, None, :]  # [B, d, n, G]
-        extra_mask = globals_.valid[:, None, None, :] & ~in_window(delta, spec.window, d, spec.causal)
-        extra = tuple(x[:, :, None].expand(B, Hg, d, *x.shape[2:]) for x in extra)
-    return _banded(q, k, v, key_ok, spec, extra, extra_mask)
 
+    def __init__(self, T: int, d: int, window: int, causal: bool):
+        self.T, self.S, self.n = T, d, math.ceil(T / d)
+        # Keys further than n - 1 away don't exist: cap the reach so short sequences pay nothing extra.
+        self.before = min(reach(window, causal), self.n - 1)
+        self.after = 0 if causal else self.before
+        self.window = self.before if causal else 2 * self.before  # in residue-sequence steps
+        self.causal = causal
+        self.block = min(self.n, max(MIN_BLOCK, min(MAX_BLOCK, self.before)))
+        self.blocks = math.ceil(self.n / self.block)
+        self.span = self.before + self.block + self.after
+        self.n_pad = self.blocks * self.block
+        self.full = T // d  # positions i at which all d residues exist
+        self.rest = T - self.full * d  # residues that also exist at position ``full``
 
-def _banded(q, k, v, key_ok, spec: AttentionSpec, extra, extra_mask) -> torch.Tensor:
-    """Undilated window attention on the ``S`` residue sequences of ``[B, Hg, T, D]`` inputs.
+    def margins(self, keys: bool) -> tuple[int, int]:
+        return (self.before, self.after) if keys else (0, 0)
 
-    ``key_ok`` ``[B, S, n]`` marks real, non-padding tokens; padding queries see every key (their
-    output is zeroed by the caller) so that no softmax row is empty. ``extra`` are ``G`` keys/values
-    ``[B, Hg, S, G, D]`` appended to every block, visible where ``extra_mask`` ``[B, S, n, G]``.
-    """
-    B, Hg, T, D = q.shape
-    S, n = key_ok.shape[1:]
-    # Keys further than n - 1 away don't exist: cap the reach so short sequences pay nothing extra.
-    before = min(reach(spec.window, spec.causal), n - 1)
-    after = 0 if spec.causal else before
-    window = before if spec.causal else 2 * before
-    block = min(n, max(MIN_BLOCK, min(MAX_BLOCK, before)))
-    blocks = math.ceil(n / block)
-    span = before + block + after
-    n_pad = blocks * block
-    N = B * S * blocks  # one SDPA batch entry per query block
-    layout = _RowLayout(T, S, n_pad)
-
-    def per_block(x, fill):  # [B, S, n, *] -> [N, block, *]
-        x = F.pad(x, (0, 0, 0, n_pad - n), value=fill)
-        return x.reshape(N, block, x.shape[-1])
-
-    queries = _ToRows.apply(q, layout, 0, 0).view(N, block, Hg, D).transpose(1, 2)
-    # All B*S sequences lie end to end, so one stride walks every block's span. A span that runs
-    # past its own sequence reads the neighbour's tokens (or the zero margins): masked out below.
-    k_rows, v_rows = (_ToRows.apply(x, layout, before, after).view(-1, Hg * D) for x in (k, v))
-    key_ok = F.pad(key_ok, (before, n_pad - n + after), value=False)  # [B, S, before + n_pad + after]
-    span_ok = key_ok.unfold(-1, span, block).reshape(N, span)
-    # Padding queries see every key so that no softmax row is empty (the caller zeroes them).
-    query_pad = per_block(~key_ok[..., before:before + n, None], True)[..., 0]  # [N, block]
-    allowed = band(block, span, window, spec.causal).to(q.device)
-
-    # Heads sit in the attention head dim so the [N, 1, block, keys] mask broadcasts over them.
-    if extra is None and spec.dropout_p == 0.0 and q.device.type == "cpu":
-        out = _SpanAttention.apply(queries, k_rows, v_rows, allowed, span_ok, query_pad, block, spec.scale)
-    else:
-        mask = allowed & span_ok[:, None, :]
-        keys, values = _spans(k_rows, N, Hg, span, block), _spans(v_rows, N, Hg, span, block)
-        if extra is not None:
-            def with_extra(spans, x):  # the G global keys join every block's span (this copies the spans)
-                x = x[:, :, :, None].expand(B, Hg, S, blocks, *x.shape[-2:]).permute(0, 2, 3, 1, 4, 5)
-                return torch.cat([spans, x.reshape(N, Hg, -1, D)], dim=-2)
-
-            keys, values = with_extra(keys, extra[0]), with_extra(values, extra[1])
-            mask = torch.cat([mask, per_block(extra_mask, False)], dim=-1)
-        out = F.scaled_dot_product_attention(
-            queries, keys, values, attn_mask=(mask | query_pad[:, :, None])[:, None], dropout_p=spec.dropout_p,
-            scale=spec.scale,
-        )  # [N, Hg, block, D]
-    return _FromRows.apply(out.transpose(1, 2).reshape(B * S * n_pad, Hg, D), layout)
-
-
-class _RowLayout:
-    """Token-major rows of ``S`` residue sequences: token ``t = i*S + r`` of batch row ``b`` sits at
-    row ``(b*S + r)*n_pad + i``, heads inside the row. Rows past a sequence's end are zeros."""
-
-    def __init__(self, T: int, S: int, n_pad: int):
-        self.T, self.S, self.n_pad = T, S, n_pad
-        self.full = T // S  # positions i at which all S residues exist
-        self.rest = T - self.full * S  # residues that also exist at position ``full``
-
-    def to_rows(self, x: torch.Tensor, before: int, after: int) -> torch.Tensor:
-        """``[B, Hg, T, D] -> [before + B*S*n_pad + after, Hg, D]`` in one pass (zero margins)."""
+    def to_rows(self, x: torch.Tensor, keys: bool) -> torch.Tensor:
+        """``[B, Hg, T, D] -> [before + B*S*n_pad + after, Hg, D]`` in one pass (zero elsewhere)."""
         B, Hg, T, D = x.shape
         S, full, rest = self.S, self.full, self.rest
+        before, after = self.margins(keys)
         rows = x.new_empty(before + B * S * self.n_pad + after, Hg, D)
         rows[:before].zero_()
         rows[rows.shape[0] - after:].zero_()
@@ -212,43 +156,109 @@ class _RowLayout:
         grid[:, :, full + (1 if rest else 0):].zero_()
         return rows
 
-    def from_rows(self, rows: torch.Tensor, before: int = 0) -> torch.Tensor:
-        """The inverse gather: ``[before + B*S*n_pad + ..., Hg, D] -> [B, Hg, T, D]``."""
+    def from_rows(self, rows: torch.Tensor, keys: bool, out: torch.Tensor) -> None:
+        """The inverse gather into ``out`` ``[B, Hg, T, D]`` (which may be a view)."""
         _, Hg, D = rows.shape
         S, full, rest = self.S, self.full, self.rest
-        B = (rows.shape[0] - before) // (S * self.n_pad)
-        grid = rows[before:before + B * S * self.n_pad].view(B, S, self.n_pad, Hg, D)
-        out = rows.new_empty(B, Hg, self.T, D)
+        before = self.margins(keys)[0]
+        grid = rows[before:before + out.shape[0] * S * self.n_pad].view(-1, S, self.n_pad, Hg, D)
         out[:, :, :full * S].unflatten(2, (full, S)).copy_(grid[:, :, :full].permute(0, 3, 2, 1, 4))
         if rest:
             out[:, :, full * S:].copy_(grid[:, :rest, full].transpose(1, 2))
-        return out
+
+
+def _gather_rows(groups, rows, keys: bool, shape, like: torch.Tensor) -> torch.Tensor:
+    """Every group's rows back into one ``[B, H, T, D]`` tensor; the groups cover every head once."""
+    out = like.new_empty(shape)
+    for (heads, blocking), r in zip(groups, rows):
+        if isinstance(heads, slice):
+            blocking.from_rows(r, keys, out[:, heads])
+        else:
+            part = out.new_empty(shape[0], len(heads), *shape[2:])
+            blocking.from_rows(r, keys, part)
+            out[:, heads] = part
+    return out
 
 
 class _ToRows(torch.autograd.Function):
-    """``_RowLayout.to_rows`` with its gather as the backward (autograd would clone per copy)."""
+    """``[B, H, T, D]`` -> one row tensor per head group. Its backward gathers all groups' gradients
+    into one tensor (autograd would zero-fill a full-size gradient per group and per copy)."""
 
     @staticmethod
-    def forward(ctx, x, layout, before, after):
-        ctx.layout, ctx.before = layout, before
-        return layout.to_rows(x, before, after)
+    def forward(ctx, x, groups, keys):
+        ctx.groups, ctx.keys, ctx.shape = groups, keys, x.shape
+        return tuple(blocking.to_rows(x[:, heads], keys) for heads, blocking in groups)
 
     @staticmethod
-    def backward(ctx, grad_rows):
-        return ctx.layout.from_rows(grad_rows, ctx.before), None, None, None
+    def backward(ctx, *grad_rows):
+        return _gather_rows(ctx.groups, grad_rows, ctx.keys, ctx.shape, grad_rows[0]), None, None
 
 
 class _FromRows(torch.autograd.Function):
-    """``_RowLayout.from_rows`` (no margins) with its scatter as the backward."""
+    """Every group's output rows -> one ``[B, H, T, D]`` tensor; the backward splits the gradient."""
 
     @staticmethod
-    def forward(ctx, rows, layout):
-        ctx.layout = layout
-        return layout.from_rows(rows)
+    def forward(ctx, groups, H, *rows):
+        ctx.groups = groups
+        B = rows[0].shape[0] // (groups[0][1].S * groups[0][1].n_pad)
+        return _gather_rows(groups, rows, False, (B, H, groups[0][1].T, rows[0].shape[-1]), rows[0])
 
     @staticmethod
     def backward(ctx, grad_out):
-        return ctx.layout.to_rows(grad_out, 0, 0), None
+        return (None, None) + tuple(blocking.to_rows(grad_out[:, heads], False) for heads, blocking in ctx.groups)
+
+
+def _group_attention(q_rows, k_rows, v_rows, blocking: _Blocking, spec: AttentionSpec, padding, globals_, extra):
+    """Window attention of one dilation group on its rows: ``[B*S*n_pad, Hg, D]`` out.
+
+    Padding queries see every key (their output is zeroed by the caller) so that no softmax row is
+    empty. ``extra`` are the ``G`` global keys/values ``[B, Hg, G, D]``, appended to every block.
+    """
+    b = blocking
+    S, n, n_pad, block, span = b.S, b.n, b.n_pad, b.block, b.span
+    rows, Hg, D = q_rows.shape
+    B = rows // (S * n_pad)
+    N = B * S * b.blocks  # one SDPA batch entry per query block
+
+    position = torch.arange(n * S, device=q_rows.device).view(n, S).t()  # [S, n] token of each slot
+    key_ok = (position < b.T).expand(B, S, n)
+    if padding is not None:
+        key_ok = key_ok & ~F.pad(padding, (0, n * S - b.T)).view(B, n, S).transpose(1, 2)
+
+    def per_block(x, fill):  # [B, S, n, *] -> [N, block, *]
+        x = F.pad(x, (0, 0, 0, n_pad - n), value=fill)
+        return x.reshape(N, block, x.shape[-1])
+
+    queries = q_rows.view(N, block, Hg, D).transpose(1, 2)
+    k_rows, v_rows = k_rows.view(-1, Hg * D), v_rows.view(-1, Hg * D)
+    # A span that runs past its own sequence reads the neighbour's tokens (or the zero margins).
+    padded_ok = F.pad(key_ok, (b.before, n_pad - n + b.after), value=False)  # [B, S, before + n_pad + after]
+    span_ok = padded_ok.unfold(-1, span, block).reshape(N, span)
+    query_pad = per_block(~key_ok[..., None], True)[..., 0]  # [N, block]
+    allowed = band(block, span, b.window, b.causal).to(q_rows.device)
+
+    # Heads sit in the attention head dim so the [N, 1, block, keys] mask broadcasts over them.
+    if extra is None and spec.dropout_p == 0.0 and q_rows.device.type == "cpu":
+        out = _SpanAttention.apply(queries, k_rows, v_rows, allowed, span_ok, query_pad, block, spec.scale)
+    else:
+        mask = allowed & span_ok[:, None, :]
+        keys, values = _spans(k_rows, N, Hg, span, block), _spans(v_rows, N, Hg, span, block)
+        if extra is not None:
+            # Global keys already inside the query's window are scored there; don't count them twice.
+            delta = position[None, :, :, None] - globals_.index[:, None, None, :]  # [B, S, n, G]
+            extra_mask = globals_.valid[:, None, None, :] & ~in_window(delta, spec.window, S, spec.causal)
+
+            def with_extra(spans, x):  # the G global keys join every block's span (this copies the spans)
+                x = x[:, :, None, None].expand(B, Hg, S, b.blocks, *x.shape[-2:]).permute(0, 2, 3, 1, 4, 5)
+                return torch.cat([spans, x.reshape(N, Hg, -1, D)], dim=-2)
+
+            keys, values = with_extra(keys, extra[0]), with_extra(values, extra[1])
+            mask = torch.cat([mask, per_block(extra_mask, False)], dim=-1)
+        out = F.scaled_dot_product_attention(
+            queries, keys, values, attn_mask=(mask | query_pad[:, :, None])[:, None], dropout_p=spec.dropout_p,
+            scale=spec.scale,
+        )  # [N, Hg, block, D]
+    return out.transpose(1, 2).reshape(B * S * n_pad, Hg, D)
 
 
 def _spans(rows: torch.Tensor, N: int, Hg: int, span: int, block: int) -> torch.Tensor:
