@@ -7,6 +7,9 @@ Compares, on the same q/k/v (B=1, 12 heads, d=64, window 512 by default):
   flex    torch.compile'd FlexAttention with a sliding-window block mask (forward only: no CPU backward)
 for each T, without dilation and with dilation 2 on 2 of the 12 heads (HF has no dilation).
 
+Times are medians over ``--repeats`` rounds in which every implementation runs once in turn, so
+the ratios compare runs made at the same moment of a shared machine's load.
+
 Peak memory is the rise of the process's peak RSS over the live inputs while one call runs, read
 from /proc (VmHWM reset through clear_refs). glibc is told to serve large blocks by mmap so that freed
 tensors return to the OS and do not hide the next call's peak.
@@ -156,40 +159,57 @@ def peak_mib(run):
     return (_rss_kib("VmHWM") - base) / 1024
 
 
-def seconds(run, repeats):
-    times = []
+def interleaved_seconds(runs: dict, repeats: int) -> dict:
+    """Median time of each run, timed in rounds (A, B, C, A, B, C, ...) so that a slow spell of this
+    shared machine lands on every implementation alike instead of on whichever ran then."""
+    times = {name: [] for name in runs}
     for _ in range(repeats):
-        start = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        for name, run in runs.items():
+            start = time.perf_counter()
+            run()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
-def measure(name, T, window, dilation, repeats):
-    factory, has_backward = IMPLEMENTATIONS[name]
-    try:
-        fn = factory(T, window, dilation)
-    except Unsupported as why:
-        return {"skip": str(why)}
+def measure(names, T, window, dilation, repeats):
+    """Forward and forward+backward time and peak memory of each implementation on the same inputs."""
     gen = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(1, HEADS, T, HEAD_DIM, generator=gen).requires_grad_() for _ in range(3))
     upstream = torch.randn(1, HEADS, T, HEAD_DIM, generator=gen)
+    results, forwards, train_steps = {}, {}, {}
+    for name in names:
+        factory, has_backward = IMPLEMENTATIONS[name]
+        try:
+            fn = factory(T, window, dilation)
+        except Unsupported as why:
+            results[name] = {"skip": str(why)}
+            continue
+        results[name] = {}
 
-    def forward():  # inference: detached inputs (FlexAttention refuses CPU inputs that require grad)
-        with torch.no_grad():
-            fn(q.detach(), k.detach(), v.detach())
+        def forward(fn=fn):  # inference: detached inputs (FlexAttention refuses CPU inputs that require grad)
+            with torch.no_grad():
+                fn(q.detach(), k.detach(), v.detach())
 
-    def train_step():
-        out = fn(q, k, v)
-        out.backward(upstream.view_as(out))
-        q.grad = k.grad = v.grad = None
+        def train_step(fn=fn):
+            out = fn(q, k, v)
+            out.backward(upstream.view_as(out))
+            q.grad = k.grad = v.grad = None
 
-    forward()  # warm-up (and compilation for flex)
-    result = {"fwd_s": seconds(forward, repeats), "fwd_mib": peak_mib(forward)}
-    if has_backward:
-        train_step()
-        result |= {"fwdbwd_s": seconds(train_step, repeats), "fwdbwd_mib": peak_mib(train_step)}
-    return result
+        print(f"  warming up {name} ...", file=sys.stderr, flush=True)
+        forward()  # warm-up (and compilation for flex)
+        forwards[name] = forward
+        if has_backward:
+            train_step()
+            train_steps[name] = train_step
+    for name, run in forwards.items():
+        results[name]["fwd_mib"] = peak_mib(run)
+    for name, run in train_steps.items():
+        results[name]["fwdbwd_mib"] = peak_mib(run)
+    for name, value in interleaved_seconds(forwards, repeats).items():
+        results[name]["fwd_s"] = value
+    for name, value in interleaved_seconds(train_steps, repeats).items():
+        results[name]["fwdbwd_s"] = value
+    return results
 
 
 # ---------------------------------------------------------------- report
@@ -293,11 +313,10 @@ def main(argv=None):
     rows = {}
     for T in args.lengths:
         for config, dilation in configs.items():
-            for name in args.impl:
-                if config != "plain" and name not in ("torch", "flex"):
-                    continue
-                print(f"measuring {config} T={T} {name} ...", file=sys.stderr, flush=True)
-                rows[(config, T, name)] = measure(name, T, args.window, dilation, args.repeats)
+            names = [n for n in args.impl if config == "plain" or n in ("torch", "flex")]
+            print(f"measuring {config} T={T}: {', '.join(names)} ...", file=sys.stderr, flush=True)
+            for name, result in measure(names, T, args.window, dilation, args.repeats).items():
+                rows[(config, T, name)] = result
     print(f"\nLongformer attention, CPU, {args.threads} thread(s), B=1, H={HEADS}, d={HEAD_DIM}, "
           f"window={args.window}; dilation2x2 = dilation 2 on 2 of the 12 heads\n")
     print_table(rows)
