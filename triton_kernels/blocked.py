@@ -3,9 +3,10 @@
 O(T·w) time and memory, forward and backward, no T x T tensor anywhere.
 
 * **Blocks.** Queries are cut into blocks of ``b``; block ``j`` only needs the key span reaching
-  ``reach`` keys before (and, non-causal, after) it. Spans are overlapping views (``unfold``) of the
-  padded keys, so one batched flash-attention call scores every block against its own span under
-  one shared band mask (on CPU with its own span-folding backward, ``_SpanAttention``).
+  ``reach`` keys before (and, non-causal, after) it. Spans are overlapping views (``unfold``) of
+  token-major key rows, so batched flash-attention calls score every block against its own span
+  under one shared band mask (on CPU in chunks of blocks, with its own span-folding backward,
+  ``_SpanAttention``; elsewhere one SDPA call under autograd).
 * **Dilation.** Heads with dilation ``d`` see only keys in their query's residue class mod ``d``.
   Regrouping tokens by residue (NATTEN's trick) turns the dilated window into a contiguous one on
   ``d`` sequences of length ``T/d``: the same work as no dilation.
