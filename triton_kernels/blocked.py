@@ -284,13 +284,20 @@ class _SpanAttention(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, queries, key_rows, value_rows, allowed, span_ok, query_pad, block, scale):
+    def _chunked(queries, key_rows, value_rows, allowed, span_ok, query_pad, block):
+        """The span views, the masks and the chunks: the same for the forward and the backward."""
         N, Hg, _, D = queries.shape
         span = allowed.shape[1]
         keys, values = _spans(key_rows, N, Hg, span, block), _spans(value_rows, N, Hg, span, block)
         masks = _ChunkMasks(allowed, span_ok, query_pad, queries.dtype)
+        return keys, values, masks, masks.chunks(Hg * span * D * queries.element_size())
+
+    @staticmethod
+    def forward(ctx, queries, key_rows, value_rows, allowed, span_ok, query_pad, block, scale):
+        keys, values, masks, chunks = _SpanAttention._chunked(
+            queries, key_rows, value_rows, allowed, span_ok, query_pad, block)
         outs, lses = [], []
-        for chunk in masks.chunks(Hg * span * D * queries.element_size()):
+        for chunk in chunks:
             out, lse = _flash(queries[chunk], keys[chunk], values[chunk], attn_mask=masks[chunk], scale=scale)
             outs.append(out)
             lses.append(lse)
@@ -302,13 +309,12 @@ class _SpanAttention(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out):
         queries, key_rows, value_rows, allowed, span_ok, query_pad, out, lse = ctx.saved_tensors
-        N, Hg, _, D = queries.shape
-        span, block = allowed.shape[1], ctx.block
-        keys, values = _spans(key_rows, N, Hg, span, block), _spans(value_rows, N, Hg, span, block)
-        masks = _ChunkMasks(allowed, span_ok, query_pad, queries.dtype)
+        block = ctx.block
+        keys, values, masks, chunks = _SpanAttention._chunked(
+            queries, key_rows, value_rows, allowed, span_ok, query_pad, block)
         grad_q = torch.empty_like(queries)
         grad_key_rows, grad_value_rows = torch.zeros_like(key_rows), torch.zeros_like(value_rows)
-        for chunk in masks.chunks(Hg * span * D * queries.element_size()):
+        for chunk in chunks:
             grad_q[chunk], grad_keys, grad_values = _flash_backward(
                 grad_out[chunk], queries[chunk], keys[chunk], values[chunk], out[chunk], lse[chunk], 0.0, False,
                 attn_mask=masks[chunk], scale=ctx.scale)
