@@ -23,8 +23,6 @@ from __future__ import annotations
 import argparse
 import ctypes
 import gc
-import math
-import os
 import statistics
 import sys
 import time
@@ -33,6 +31,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from data_prep.atomic import atomic_file  # noqa: E402
 from triton_kernels import longformer_attention  # noqa: E402
 
 HEADS, HEAD_DIM = 12, 64
@@ -289,9 +288,8 @@ def plot(rows, lengths, path):
         ax.legend()
     fig.suptitle(f"Longformer attention on CPU ({torch.get_num_threads()} thread(s), 12 heads, d=64)")
     fig.tight_layout()
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=110)
-    os.replace(tmp, path)
+    with atomic_file(path) as tmp:
+        fig.savefig(tmp, dpi=110)
     print(f"\nplot: {path}")
 
 

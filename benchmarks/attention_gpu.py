@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import sys
 from pathlib import Path
@@ -32,6 +31,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from data_prep.atomic import atomic_file, write_text_atomic  # noqa: E402
 from triton_kernels import longformer_attention  # noqa: E402
 
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
@@ -232,16 +232,13 @@ def plot(rows, path: Path):
             ax.set_ylabel(label)
             ax.legend(fontsize=8)
     fig.tight_layout()
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=110)
-    os.replace(tmp, path)
+    with atomic_file(path) as tmp:
+        fig.savefig(tmp, dpi=110)
 
 
 def write_json(rows, path: Path, args):
-    tmp = path.with_name(path.name + ".tmp")
     meta = dict(device=torch.cuda.get_device_name(), torch=torch.__version__, args=vars(args) | {"out": str(args.out)})
-    tmp.write_text(json.dumps(dict(meta=meta, rows=rows), indent=1, default=str))
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(dict(meta=meta, rows=rows), indent=1, default=str))
 
 
 def sweep_configs(args):

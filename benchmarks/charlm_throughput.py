@@ -29,6 +29,8 @@ import sys
 import time
 from pathlib import Path
 
+from data_prep.atomic import write_text_atomic
+
 RESULTS = Path(__file__).resolve().parent / "results"
 MODELS = ("transformer_lm", "longformer_lm", "window1_bound")
 
@@ -214,9 +216,7 @@ def main() -> None:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     for suffix, text in ((".json", json.dumps({"settings": vars(args), "rows": rows}, indent=2) + "\n"), (".md", table)):
-        tmp = out.with_name(out.name + suffix + ".tmp")
-        tmp.write_text(text)
-        os.replace(tmp, out.with_name(out.name + suffix))
+        write_text_atomic(out.with_name(out.name + suffix), text)
     print(table)
 
 

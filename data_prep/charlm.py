@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import shutil
 import subprocess
 import sys
@@ -32,6 +31,8 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 from tqdm import tqdm
+
+from .atomic import check_output_dir, staged_dir
 
 CHUNK = 1 << 20  # characters / bytes read at a time
 SPLITS = ("train", "valid", "test")
@@ -289,16 +290,13 @@ def binarise(raw_dir: Path, dest: Path, workers: int) -> None:
 
 
 def prepare(args) -> dict:
-    output = Path(args.output)
-    if output.exists() and any(output.iterdir()):
-        if not args.overwrite:
-            raise PrepError(f"{output} already exists and is not empty; pass --overwrite to replace it")
-    output.parent.mkdir(parents=True, exist_ok=True)
-    work = output.parent / f".{output.name}.tmp-{os.getpid()}"
-    shutil.rmtree(work, ignore_errors=True)
-    raw_dir = work / "raw"
-    raw_dir.mkdir(parents=True)
     try:
+        check_output_dir(args.output, args.overwrite)
+    except ValueError as err:
+        raise PrepError(str(err)) from None
+    with staged_dir(args.output, overwrite=True) as work:
+        raw_dir = work / "raw"
+        raw_dir.mkdir()
         sizes, counts = tokenise(args, raw_dir)
         binarise(raw_dir, work, args.workers)
         stats = {
@@ -312,11 +310,6 @@ def prepare(args) -> dict:
         (work / "prep.json").write_text(json.dumps(stats, indent=2) + "\n")
         if not args.keep_raw:
             shutil.rmtree(raw_dir)
-        if output.exists():
-            shutil.rmtree(output)
-        os.replace(work, output)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
     return stats
 
 

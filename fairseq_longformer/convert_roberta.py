@@ -16,7 +16,6 @@ import logging
 import os
 import shutil
 import sys
-import tempfile
 from argparse import Namespace
 from dataclasses import dataclass
 
@@ -24,6 +23,7 @@ import torch
 from omegaconf import OmegaConf, open_dict
 
 import fairseq_longformer  # noqa: F401  registers the plugin, allows fairseq types in torch.load
+from data_prep.atomic import atomic_file
 from fairseq import checkpoint_utils, tasks
 from fairseq.models.roberta import RobertaModel
 
@@ -169,9 +169,10 @@ def convert(input_dir: str, output_dir: str, options: ConversionOptions, overwri
     for name in COPIED_FILES:
         source = os.path.join(input_dir, name)
         if os.path.isfile(source):
-            _atomic_write(os.path.join(output_dir, name), lambda tmp, src=source: shutil.copyfile(src, tmp))
-    checkpoint = _checkpoint(cfg, longformer.state_dict())
-    _atomic_write(os.path.join(output_dir, "model.pt"), lambda tmp: torch.save(checkpoint, tmp))
+            with atomic_file(os.path.join(output_dir, name)) as tmp:
+                shutil.copyfile(source, tmp)
+    with atomic_file(os.path.join(output_dir, "model.pt")) as tmp:
+        torch.save(_checkpoint(cfg, longformer.state_dict()), tmp)
     logger.info("wrote %s: %d layers, positions %d -> %d (%s), attention window %s", output_dir,
                 len(roberta.encoder.sentence_encoder.layers), cfg.model.roberta_max_positions,
                 options.max_positions, options.position_init, options.attention_window)
@@ -193,20 +194,6 @@ def _checkpoint(cfg, model_state: dict) -> dict:
     }
 
 
-def _atomic_write(path: str, write) -> None:
-    """``write(tmp_path)`` then rename: readers never see a half-written file."""
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp", dir=directory)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
 def _model_name(model_cfg) -> str | None:
     if isinstance(model_cfg, Namespace):
         return getattr(model_cfg, "_name", None) or getattr(model_cfg, "arch", None)
@@ -218,16 +205,6 @@ def _check_options(options: ConversionOptions) -> None:
         raise ConversionError(f"--max-positions must be >= 1, got {options.max_positions}")
     if options.position_init not in ("copy", "random"):
         raise ConversionError(f"--position-init must be 'copy' or 'random', got {options.position_init!r}")
-    try:
-        windows = [int(w) for w in str(options.attention_window).split(",")]
-    except ValueError:
-        raise ConversionError(f"--attention-window must be an int or comma list of ints, got {options.attention_window!r}") from None
-    bad = [w for w in windows if w < 0 or w % 2]
-    if bad:
-        raise ConversionError(
-            f"--attention-window {options.attention_window}: windows must be even ints >= 0 "
-            f"(window/2 keys on each side), e.g. {bad[0] + 1 if bad[0] >= 0 else 512}"
-        )
 
 
 def build_parser() -> argparse.ArgumentParser:

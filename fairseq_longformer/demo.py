@@ -19,6 +19,7 @@ import sys
 import time
 from pathlib import Path
 
+from data_prep.atomic import staged_dir, write_text_atomic
 from data_prep.charlm import main as prep_main
 
 from . import staged_train
@@ -35,11 +36,9 @@ EVAL_CONTEXT_WINDOW = 384
 def write_corpus(docs_dir: Path) -> int:
     from pydoc_data.topics import topics
 
-    tmp = docs_dir.with_name(docs_dir.name + ".tmp")
-    tmp.mkdir(parents=True, exist_ok=True)
-    for i, (name, text) in enumerate(sorted(topics.items())):
-        (tmp / f"{i:03d}_{name}.txt").write_text(text, encoding="utf-8")
-    os.replace(tmp, docs_dir)
+    with staged_dir(docs_dir, overwrite=True) as tmp:
+        for i, (name, text) in enumerate(sorted(topics.items())):
+            (tmp / f"{i:03d}_{name}.txt").write_text(text, encoding="utf-8")
     return len(topics)
 
 
@@ -105,7 +104,7 @@ def run(argv=None) -> dict:
         "wall_s_this_run": round(time.monotonic() - start, 1),
         "plot": str(save_dir / "bpc.png"),
     }
-    staged_train.atomic_write(workdir / "demo_result.json", json.dumps(result, indent=2) + "\n")
+    write_text_atomic(workdir / "demo_result.json", json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
     print(f"\nTest BPC {test_bpc:.4f} (fairseq-eval-lm, {prep['tokens']['test']:,} test characters) vs "
           f"unigram entropy {prep['train_unigram_entropy_bits']:.4f} bits "

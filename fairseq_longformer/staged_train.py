@@ -26,6 +26,8 @@ from typing import Iterable
 
 from omegaconf import OmegaConf
 
+from data_prep.atomic import atomic_file, write_text_atomic
+
 PLUGIN_DIR = Path(__file__).absolute().parent
 DONE_FILE = "phase_done.json"
 WALL_FILE = "wall_s.json"
@@ -138,14 +140,8 @@ class WallClock:
     def save(self, force: bool = False) -> None:
         now = time.monotonic()
         if force or now - self.saved_at > 5:
-            atomic_write(self.path, json.dumps({"wall_s": round(self.total(), 1)}))
+            write_text_atomic(self.path, json.dumps({"wall_s": round(self.total(), 1)}))
             self.saved_at = now
-
-
-def atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 # ---------------------------------------------------------------------------------------------- phases
@@ -154,7 +150,7 @@ def atomic_write(path: Path, text: str) -> None:
 def run_phase(index: int, name: str, config: dict, phase_dir: Path, previous: Path | None,
               data: str | None, overrides: list[str]) -> dict:
     phase_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write(phase_dir / f"{PHASE_CONFIG}.yaml", OmegaConf.to_yaml(OmegaConf.create(config)))
+    write_text_atomic(phase_dir / f"{PHASE_CONFIG}.yaml", OmegaConf.to_yaml(OmegaConf.create(config)))
     repair_last_checkpoint(phase_dir)
 
     command = [
@@ -210,7 +206,7 @@ def run_phase(index: int, name: str, config: dict, phase_dir: Path, previous: Pa
         "wall_s": round(clock.total(), 1),
         "checkpoint": str(phase_dir / "checkpoint_last.pt"),
     }
-    atomic_write(phase_dir / DONE_FILE, json.dumps(record, indent=2) + "\n")
+    write_text_atomic(phase_dir / DONE_FILE, json.dumps(record, indent=2) + "\n")
     return record
 
 
@@ -244,10 +240,9 @@ def plot(save_dir: Path, phase_dirs: list[tuple[str, Path]]) -> Path:
     ax.grid(alpha=0.3)
     ax.legend()
     out = save_dir / "bpc.png"
-    tmp = save_dir / f".bpc.tmp-{os.getpid()}.png"
-    fig.savefig(tmp, dpi=100, bbox_inches="tight")
+    with atomic_file(out) as tmp:
+        fig.savefig(tmp, dpi=100, bbox_inches="tight")
     plt.close(fig)
-    os.replace(tmp, out)
     return out
 
 
@@ -268,7 +263,7 @@ def run_schedule(config_path: Path, save_dir: Path, data: str | None, overrides:
         records.append(record)
         done_dirs.append((name, phase_dir))
         previous = phase_dir / "checkpoint_last.pt"
-        atomic_write(save_dir / "phases.json", json.dumps(records, indent=2) + "\n")
+        write_text_atomic(save_dir / "phases.json", json.dumps(records, indent=2) + "\n")
         plot(save_dir, done_dirs)
     return records
 

@@ -18,7 +18,7 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from .atomic import publish_dir, write_json_atomic, write_text_atomic
+from ..atomic import publish_dir, write_json_atomic, write_text_atomic
 from .binarize import run_preprocess
 from .config import CorpusPrepConfig
 from .journal import PROBLEMS, Journal, split_file

@@ -12,7 +12,7 @@ import json
 import os
 from pathlib import Path
 
-from .atomic import write_json_atomic
+from ..atomic import write_json_atomic
 from .selection import SPLITS
 from .stats import new_stats
 
