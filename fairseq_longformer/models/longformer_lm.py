@@ -21,6 +21,13 @@ from fairseq.models import FairseqDecoder, FairseqLanguageModel, register_model,
 from fairseq.utils import safe_getattr
 
 from ..modules.causal_window_decoder_layer import CausalWindowDecoderLayer
+from ..modules.per_layer import per_layer
+
+
+# Table 12, small model, phase 1: windows 32 -> 512 bottom to top (averaging ~230, as the paper's phase-1
+# ablation, Table 4; the staged configs double them), gaps 0/1/2/3 (dilation 1-4) on the top six layers.
+SMALL_WINDOWS = [32, 32, 64, 64, 128, 128, 256, 256, 256, 512, 512, 512]
+SMALL_DILATIONS = [1] * 6 + [2, 2, 3, 3, 4, 4]
 
 
 @dataclass
@@ -30,11 +37,11 @@ class LongformerLMConfig(FairseqDataclass):
     decoder_layers: int = field(default=12, metadata={"help": "number of layers"})
     decoder_attention_heads: int = field(default=8, metadata={"help": "attention heads per layer"})
     attention_window: List[int] = field(
-        default_factory=lambda: [32, 32, 64, 64, 128, 128, 256, 256, 256, 512, 512, 512],
+        default_factory=lambda: list(SMALL_WINDOWS),
         metadata={"help": "causal window per layer, bottom first (e.g. 32,64,128); one value = every layer"},
     )
     attention_dilation: List[int] = field(
-        default_factory=lambda: [1, 1, 1, 1, 1, 1, 2, 2, 3, 3, 4, 4],
+        default_factory=lambda: list(SMALL_DILATIONS),
         metadata={"help": "dilation of the dilated heads per layer, bottom first (1 = none; the paper's "
                   "gap g is dilation g+1); one value = every layer"},
     )
@@ -63,22 +70,6 @@ class LongformerLMConfig(FairseqDataclass):
     )
 
 
-def per_layer(values, num_layers: int, name: str, minimum: int) -> list[int]:
-    """Expand a per-layer option (one value or one per layer) and check it, with a clear error."""
-    values = [values] if isinstance(values, int) else list(values)
-    if len(values) == 1:
-        values = values * num_layers
-    if len(values) != num_layers:
-        raise ValueError(
-            f"--{name.replace('_', '-')} has {len(values)} values but the model has {num_layers} layers; "
-            f"give one value for every layer or {num_layers} values, bottom layer first"
-        )
-    bad = [v for v in values if isinstance(v, bool) or not isinstance(v, int) or v < minimum]
-    if bad:
-        raise ValueError(f"--{name.replace('_', '-')} values must be ints >= {minimum}, got {values}")
-    return values
-
-
 @register_model("longformer_lm", dataclass=LongformerLMConfig)
 class LongformerLanguageModel(FairseqLanguageModel):
     @classmethod
@@ -94,8 +85,8 @@ class LongformerLMDecoder(FairseqDecoder):
             raise ValueError(f"--decoder-embed-dim {C} must be divisible by --decoder-attention-heads {H}")
         if not 0 <= cfg.dilated_heads <= H:
             raise ValueError(f"--dilated-heads {cfg.dilated_heads} must lie in [0, {H}] (the number of heads)")
-        windows = per_layer(cfg.attention_window, L, "attention_window", minimum=1)
-        dilations = per_layer(cfg.attention_dilation, L, "attention_dilation", minimum=1)
+        windows = per_layer(cfg.attention_window, L, "--attention-window", minimum=1)
+        dilations = per_layer(cfg.attention_dilation, L, "--attention-dilation", minimum=1)
         if cfg.rel_pos_dim < 0 or cfg.rel_pos_dim % 2:
             raise ValueError(f"--rel-pos-dim must be 0 (= head size) or a positive even number, got {cfg.rel_pos_dim}")
         self.windows, self.dilations = windows, dilations
@@ -167,9 +158,7 @@ def longformer_lm_small(args):
     _set_defaults(
         args,
         decoder_embed_dim=512, decoder_ffn_embed_dim=2048, decoder_layers=12, decoder_attention_heads=8,
-        # 32 -> 512 averaging ~230, as the paper's phase-1 ablation (Table 4); the staged configs double it.
-        attention_window=[32, 32, 64, 64, 128, 128, 256, 256, 256, 512, 512, 512],
-        attention_dilation=[1] * 6 + [2, 2, 3, 3, 4, 4],
+        attention_window=SMALL_WINDOWS, attention_dilation=SMALL_DILATIONS,
         dilated_heads=2, dropout=0.2,
     )
 

@@ -27,6 +27,7 @@ from fairseq.modules.transformer_sentence_encoder import init_bert_params
 from fairseq.utils import make_positions, safe_getattr
 
 from ..modules.longformer_self_attention import LongformerSelfAttention
+from ..modules.per_layer import per_layer
 
 logger = logging.getLogger(__name__)
 
@@ -35,27 +36,7 @@ PADDING_OFFSET_ROWS = 2  # fairseq RoBERTa positions start at padding_idx + 1 = 
 
 def parse_attention_windows(value, num_layers: int) -> list[int]:
     """``512`` / ``"512"`` / ``"32,32,64"`` / ``[32, 64]`` -> one even window per layer."""
-    if isinstance(value, str):
-        parts = [p for p in value.replace(" ", "").split(",") if p]
-    elif isinstance(value, (list, tuple)):
-        parts = list(value)
-    else:
-        parts = [value]
-    try:
-        windows = [int(p) for p in parts]
-    except (TypeError, ValueError):
-        raise ValueError(f"--attention-window must be an int or a comma list of ints, got {value!r}") from None
-    if len(windows) == 1:
-        windows = windows * num_layers
-    if len(windows) != num_layers:
-        raise ValueError(
-            f"--attention-window has {len(windows)} values but the model has {num_layers} layers; "
-            "give one value, or one per layer"
-        )
-    bad = [w for w in windows if w < 0 or w % 2]
-    if bad:
-        raise ValueError(f"attention windows must be even ints >= 0 (window/2 keys each side), got {bad}")
-    return windows
+    return per_layer(value, num_layers, "--attention-window", minimum=0, even=True)
 
 
 class LongformerEncoderLayer(TransformerEncoderLayerBase):
