@@ -35,7 +35,8 @@ from .api import AttentionSpec
 from .triton_global import (global_bwd_dkdv_kernel, global_bwd_dq_kernel, global_fwd_kernel,
                             global_keys_bwd_kernel)
 from .triton_local import local_bwd_dkdv_kernel, local_bwd_dq_kernel, local_fwd_kernel, row_dot_kernel
-from .triton_schedule import reaches, schedule
+from .masks import global_positions, reaches
+from .triton_schedule import schedule
 
 _LOG2E = 1.4426950408889634
 SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -175,13 +176,11 @@ class _Plan:
         gidx = gcount = gvalid = None
         g_max = 0
         if glob is not None:
-            gcount = glob.sum(dim=1, dtype=torch.int32)
-            g_max = int(gcount.max()) if B else 0
+            index, gvalid = global_positions(glob)
+            g_max = index.shape[1]
             if g_max > 0:
-                # stable sort puts each row's global positions first, in sequence order
-                order = torch.sort((~glob).to(torch.int8), dim=1, stable=True).indices
-                gidx = order[:, :g_max].to(torch.int32).contiguous()
-                gvalid = torch.arange(g_max, device=device)[None, :] < gcount[:, None]
+                gidx = index.to(torch.int32).contiguous()
+                gcount = gvalid.sum(dim=1, dtype=torch.int32)
                 excluded = glob if excluded is None else (excluded | glob)
         key_bias = None if excluded is None else _neg_inf_where(excluded)
         pad_bias = None if pad is None else _neg_inf_where(pad)
