@@ -378,14 +378,18 @@ def test_every_kernel_compiles_for_sm90_without_a_gpu():
     ptxas = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
     if not os.path.exists(ptxas):
         pytest.skip("this triton wheel ships no ptxas")
-    env = dict(os.environ, TRITON_INTERPRET="0")
-    run = subprocess.run([sys.executable, "-m", "triton_kernels.triton_aot", "--arch", "90", "--dtype", "bf16"],
+    env = dict(os.environ, TRITON_INTERPRET="0", TRITON_DEFAULT_FP_FUSION="1")
+    run = subprocess.run([sys.executable, "-m", "triton_kernels.triton_aot", "--arch", "90", "--cases", "d64-bf16"],
                          capture_output=True, text=True, env=env, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
-    built = [line.split()[0] for line in run.stdout.splitlines()[1:]]
-    assert built == ["local_fwd_kernel", "local_bwd_dq_kernel", "local_bwd_dkdv_kernel", "global_fwd_kernel",
-                     "global_bwd_dq_kernel", "global_bwd_dkdv_kernel", "global_keys_bwd_kernel",
-                     "row_dot_kernel"], run.stdout
+    rows = [line.split("|")[1:-1] for line in run.stdout.splitlines() if line.startswith("| ") and "kernel" not in line]
+    built = {name.strip(): cell.split("/") for name, cell in rows}
+    assert set(built) == {"local_fwd_kernel", "local_bwd_dq_kernel", "local_bwd_dkdv_kernel", "global_fwd_kernel",
+                          "global_bwd_dq_kernel", "global_bwd_dkdv_kernel", "global_keys_bwd_kernel",
+                          "row_dot_kernel"}, run.stdout
+    for name, (regs, stack, shared_kib) in built.items():
+        assert int(stack) == 0, f"{name} spills {stack} bytes with the default bf16 tiles"
+        assert int(regs) <= 255 and float(shared_kib) <= 227, (name, regs, shared_kib)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -60,16 +60,19 @@ class TritonConfig:
     bwd_block_n: int = 64
     bwd_num_warps: int = 4
     global_split: int = 1024  # tokens per program in the global kernels that reduce over T
+    row_block: int = 64  # tokens per program of the backward's Delta = rowsum(dO * O) kernel
+    row_num_warps: int = 4
 
     def __post_init__(self):
-        for name in ("block_m", "block_n", "bwd_block_m", "bwd_block_n", "global_split"):
+        for name in ("block_m", "block_n", "bwd_block_m", "bwd_block_n", "global_split", "row_block"):
             size = getattr(self, name)
             if size < 16 or size & (size - 1):
                 raise ValueError(f"{name} must be a power of two >= 16 (tl.dot's minimum), got {size}")
 
 
-_INTERPRETER_CONFIG = TritonConfig(block_m=16, block_n=16, num_warps=1, num_stages=1,
-                                   bwd_block_m=16, bwd_block_n=16, bwd_num_warps=1, global_split=32)
+# 16x16 tiles: what the CPU interpreter runs (small programs) and what the tests use on a GPU too
+INTERPRETER_CONFIG = TritonConfig(block_m=16, block_n=16, num_warps=1, num_stages=1, bwd_block_m=16,
+                                  bwd_block_n=16, bwd_num_warps=1, global_split=32, row_block=16, row_num_warps=1)
 # head_dim > 64 or float32 tiles: twice the registers per tile, so twice the warps to hold them
 _WIDE_TILE_CONFIG = TritonConfig(num_warps=8, bwd_num_warps=8)
 _override: TritonConfig | None = None
@@ -90,7 +93,7 @@ def default_config(device: torch.device, head_dim: int, dtype: torch.dtype = tor
     if _override is not None:
         return _override
     if device.type != "cuda":
-        return _INTERPRETER_CONFIG
+        return INTERPRETER_CONFIG
     return TritonConfig() if head_dim <= 64 and dtype != torch.float32 else _WIDE_TILE_CONFIG
 
 
@@ -288,10 +291,10 @@ def _backward(plan: _Plan, dout, q, k, v, qg, kg, vg, out, lse):
     dout = dout.to(q.dtype)
     # Delta_i = sum_j P_ij dP_ij = dO_i . O_i (holds with dropout too); O is 0 on padding rows.
     delta = torch.empty((B, H, T), dtype=torch.float32, device=q.device)
-    rows = 64 if q.is_cuda else 16
+    rows = plan.config.row_block
     row_dot_kernel[(triton.cdiv(T, rows), B * H)](
         out, dout, delta, *_strides(out), *_strides(dout), H, T, D,
-        BLOCK_M=rows, BLOCK_D=max(16, triton.next_power_of_2(D)),
+        BLOCK_M=rows, BLOCK_D=max(16, triton.next_power_of_2(D)), num_warps=plan.config.row_num_warps,
     )
     dq, dk, dv = (torch.empty((B, H, T, D), dtype=q.dtype, device=q.device) for _ in range(3))
     qk_scale = plan.scale * _LOG2E
@@ -420,5 +423,5 @@ def _backward_formula(ctx, dout, _dlse):
 triton_forward.register_autograd(_backward_formula, setup_context=_setup_context)
 
 
-__all__ = ["SUPPORTED_DTYPES", "TritonConfig", "attention", "default_config", "triton_backward", "triton_forward",
+__all__ = ["INTERPRETER_CONFIG", "SUPPORTED_DTYPES", "TritonConfig", "attention", "default_config", "triton_backward", "triton_forward",
            "use_config"]
