@@ -217,10 +217,6 @@ def _neg_inf_where(mask: torch.Tensor) -> torch.Tensor:
     return torch.zeros(mask.shape, dtype=torch.float32, device=mask.device).masked_fill(mask, float("-inf")).contiguous()
 
 
-def _strides(t: torch.Tensor) -> tuple[int, int, int, int]:
-    return tuple(t.stride())
-
-
 def _or_dummy(t: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
     # Triton needs a pointer even where a constexpr flag makes the kernel ignore the argument.
     return t if t is not None else like
@@ -237,7 +233,7 @@ def _forward(plan: _Plan, q, k, v, qg, kg, vg) -> tuple[torch.Tensor, torch.Tens
     local_fwd_kernel[(table.shape[1], B * H)](
         q, k, v, out, lse, _or_dummy(plan.key_bias, dummy_f), _or_dummy(plan.gidx, dummy_i),
         _or_dummy(plan.gcount, dummy_i), table, n_tiles, plan.dilation,
-        *_strides(q), *_strides(k), *_strides(v), *_strides(out),
+        q.stride(), k.stride(), v.stride(), out.stride(),
         H, T, D, table.shape[1], plan.g_max, qk_scale, plan.reach_left, plan.reach_right,
         plan.dropout_p, plan.seed,
         HAS_BIAS=plan.key_bias is not None, HAS_GLOBAL=plan.has_global, **plan.launch_options(False),
@@ -258,7 +254,7 @@ def _global_forward(plan: _Plan, qg, kg, vg, out, lse) -> None:
     l_part = torch.zeros((B * H, n_splits, G), **f32)
     global_fwd_kernel[(triton.cdiv(G, opts["BLOCK_M"]), n_splits, B * H)](
         qg, kg, vg, o_part, m_part, l_part, _or_dummy(plan.pad_bias, lse), plan.gidx, plan.gcount,
-        *_strides(qg), *_strides(kg), *_strides(vg),
+        qg.stride(), kg.stride(), vg.stride(),
         H, T, D, G, plan.config.global_split, n_splits, plan.scale * _LOG2E, plan.dropout_p, plan.seed,
         HAS_PAD=plan.pad_bias is not None, **opts,
     )
@@ -293,7 +289,7 @@ def _backward(plan: _Plan, dout, q, k, v, qg, kg, vg, out, lse):
     delta = torch.empty((B, H, T), dtype=torch.float32, device=q.device)
     rows = plan.config.row_block
     row_dot_kernel[(triton.cdiv(T, rows), B * H)](
-        out, dout, delta, *_strides(out), *_strides(dout), H, T, D,
+        out, dout, delta, out.stride(), dout.stride(), H, T, D,
         BLOCK_M=rows, BLOCK_D=max(16, triton.next_power_of_2(D)), num_warps=plan.config.row_num_warps,
     )
     dq, dk, dv = (torch.empty((B, H, T, D), dtype=q.dtype, device=q.device) for _ in range(3))
@@ -305,14 +301,14 @@ def _backward(plan: _Plan, dout, q, k, v, qg, kg, vg, out, lse):
     cfg_m, cfg_n = common["BLOCK_M"], common["BLOCK_N"]
     local_bwd_dkdv_kernel[(k_table.shape[1], B * H)](
         q, k, v, dout, dk, dv, lse, delta, key_bias, k_table, k_tiles, plan.dilation,
-        *_strides(q), *_strides(k), *_strides(v), *_strides(dout), *_strides(dk), *_strides(dv),
+        q.stride(), k.stride(), v.stride(), dout.stride(), dk.stride(), dv.stride(),
         H, T, D, k_table.shape[1], qk_scale, plan.scale, plan.reach_left, plan.reach_right,
         plan.dropout_p, plan.seed, HAS_BIAS=plan.key_bias is not None, **common,
     )
     local_bwd_dq_kernel[(q_table.shape[1], B * H)](
         q, k, v, dout, dq, lse, delta, key_bias, _or_dummy(plan.gidx, q_tiles), _or_dummy(plan.gcount, q_tiles),
         q_table, q_tiles, plan.dilation,
-        *_strides(q), *_strides(k), *_strides(v), *_strides(dout), *_strides(dq),
+        q.stride(), k.stride(), v.stride(), dout.stride(), dq.stride(),
         H, T, D, q_table.shape[1], plan.g_max, qk_scale, plan.scale, plan.reach_left, plan.reach_right,
         plan.dropout_p, plan.seed, HAS_BIAS=plan.key_bias is not None, HAS_GLOBAL=plan.has_global, **common,
     )
@@ -324,7 +320,7 @@ def _backward(plan: _Plan, dout, q, k, v, qg, kg, vg, out, lse):
     dk_part, dv_part = (torch.zeros((B * H, n_splits, G, block_d), **f32) for _ in range(2))
     global_keys_bwd_kernel[(triton.cdiv(G, cfg_n), n_splits, B * H)](
         q, k, v, dout, dk_part, dv_part, lse, delta, plan.key_bias, plan.gidx, plan.gcount,
-        *_strides(q), *_strides(k), *_strides(v), *_strides(dout),
+        q.stride(), k.stride(), v.stride(), dout.stride(),
         H, T, D, G, split, n_splits, qk_scale, plan.dropout_p, plan.seed, **common,
     )
     # after local_bwd_dkdv_kernel (same stream), which wrote these rows without the global-key term
@@ -335,7 +331,7 @@ def _backward(plan: _Plan, dout, q, k, v, qg, kg, vg, out, lse):
     dq_part = torch.zeros((B * H, n_splits, G, block_d), **f32)
     global_bwd_dq_kernel[(triton.cdiv(G, cfg_m), n_splits, B * H)](
         qg, kg, vg, dout, dq_part, lse, delta, pad_bias, plan.gidx, plan.gcount,
-        *_strides(qg), *_strides(kg), *_strides(vg), *_strides(dout),
+        qg.stride(), kg.stride(), vg.stride(), dout.stride(),
         H, T, D, G, split, n_splits, qk_scale, plan.dropout_p, plan.seed,
         HAS_PAD=plan.pad_bias is not None, **common,
     )
@@ -344,7 +340,7 @@ def _backward(plan: _Plan, dout, q, k, v, qg, kg, vg, out, lse):
     dkg, dvg = (torch.empty((B, H, T, D), dtype=q.dtype, device=q.device) for _ in range(2))
     global_bwd_dkdv_kernel[(triton.cdiv(T, cfg_n), B * H)](
         qg, kg, vg, dout, dkg, dvg, lse, delta, pad_bias, plan.gidx, plan.gcount,
-        *_strides(qg), *_strides(kg), *_strides(vg), *_strides(dout), *_strides(dkg), *_strides(dvg),
+        qg.stride(), kg.stride(), vg.stride(), dout.stride(), dkg.stride(), dvg.stride(),
         H, T, D, plan.g_max, qk_scale, plan.scale, plan.dropout_p, plan.seed,
         HAS_PAD=plan.pad_bias is not None, **common,
     )
