@@ -107,12 +107,30 @@ def attention(spec: AttentionSpec) -> torch.Tensor:
     # Drawn here, from torch's default generator, so torch.manual_seed makes dropout reproducible
     # and forward and backward agree on the mask.
     seed = int(torch.randint(0, 2**31 - 1, (1,)).item()) if spec.dropout_p > 0 else 0
-    tf32 = q.is_cuda and torch.backends.cuda.matmul.allow_tf32  # torch's switch for float32 matmuls
     statics = _Statics(spec.window, tuple(spec.dilation), spec.causal, spec.scale, spec.dropout_p, seed,
-                       tuple(dataclasses.astuple(config)), "tf32" if tf32 else "ieee")
+                       tuple(dataclasses.astuple(config)), fp32_dot_precision() if q.is_cuda else "ieee")
     out, _lse = triton_forward(q, spec.k, spec.v, spec.q_global, spec.k_global, spec.v_global,
                                spec.key_padding_mask, spec.global_mask, *dataclasses.astuple(statics))
     return out
+
+
+def fp32_dot_precision() -> str:
+    """``tl.dot`` input precision for float32 inputs: "tf32" where torch lets float32 matmuls use TF32.
+
+    torch's own switch decides, so float32 attention follows float32 matmuls: "ieee" (full float32,
+    torch's default) unless TF32 was turned on (``torch.backends.cuda.matmul.fp32_precision = "tf32"``,
+    the legacy ``allow_tf32 = True``, or ``torch.set_float32_matmul_precision("high")``). The newer
+    ``fp32_precision`` is read first: on torch >= 2.9 reading ``allow_tf32`` raises once a program
+    set it to "tf32".
+    """
+    matmul = torch.backends.cuda.matmul
+    try:
+        setting = matmul.fp32_precision
+    except AttributeError:  # torch < 2.9 has only the legacy flag
+        return "tf32" if matmul.allow_tf32 else "ieee"
+    if setting == "none":  # defers to the global setting
+        setting = torch.backends.fp32_precision
+    return "tf32" if setting == "tf32" else "ieee"
 
 
 def _check_runnable(q: torch.Tensor) -> None:
@@ -139,7 +157,7 @@ class _Statics:
     dropout_p: float
     seed: int
     config: tuple[int, ...]  # dataclasses.astuple(TritonConfig)
-    precision: str = "tf32"  # tl.dot input precision for float32 inputs: "tf32" or "ieee"
+    precision: str = "ieee"  # tl.dot input precision for float32 inputs: "ieee" or "tf32" (fp32_dot_precision)
 
 
 @dataclass
@@ -419,5 +437,5 @@ def _backward_formula(ctx, dout, _dlse):
 triton_forward.register_autograd(_backward_formula, setup_context=_setup_context)
 
 
-__all__ = ["INTERPRETER_CONFIG", "SUPPORTED_DTYPES", "TritonConfig", "attention", "default_config", "triton_backward", "triton_forward",
-           "use_config"]
+__all__ = ["INTERPRETER_CONFIG", "SUPPORTED_DTYPES", "TritonConfig", "attention", "default_config", "fp32_dot_precision", "triton_backward",
+           "triton_forward", "use_config"]
