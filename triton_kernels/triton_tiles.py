@@ -245,26 +245,24 @@ def query_grad_rows(src, tok, ok, row_ok):
 
 
 @triton.jit
-def _key_tile(keys, p0, rows, reach, STAGE: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK_N: tl.constexpr):
-    """Key tokens of one tile, their validity and the additive bias of the [M, N] scores."""
-    offs_n, tok_n, n_ok = tile_tokens(keys.tokens, p0, STAGE, BLOCK_N)
-    bias = token_bias(keys.bias, tok_n, n_ok, HAS_BIAS)[None, :]
-    if STAGE == EDGE:
-        ok = window_ok(rows[0][:, None], offs_n[None, :], reach) & n_ok[None, :]
-        bias = tl.where(ok, bias, float("-inf"))
-    return tok_n, n_ok, bias
-
-
-@triton.jit
 def _scores(q, rows, keys, p0, reach, qk_scale, STAGE: tl.constexpr, HAS_BIAS: tl.constexpr,
             PRECISION: tl.constexpr, BLOCK_N: tl.constexpr):
-    """The key tile at list position ``p0``: its tokens, k, v, and the masked log2-domain scores [M, N]."""
-    tok_n, n_ok, bias = _key_tile(keys, p0, rows, reach, STAGE, HAS_BIAS, BLOCK_N)
+    """The key tile at list position ``p0``: its tokens, k, v, and the masked log2-domain scores [M, N].
+
+    Masked pairs get -inf: outside the window (``EDGE``), past the end of the key list, and keys
+    whose ``bias`` is -inf where ``HAS_BIAS``. (Masking ``s`` in place, rather than adding an [M, N]
+    bias, keeps one score tile live, not two.)
+    """
+    offs_n, tok_n, n_ok = tile_tokens(keys.tokens, p0, STAGE, BLOCK_N)
     k = load_rows(keys.k, tok_n, n_ok, keys.cols)
     v = load_rows(keys.v, tok_n, n_ok, keys.cols)
     s = mma(q, tl.trans(k), PRECISION) * qk_scale
-    if STAGE != INTERIOR or HAS_BIAS:
-        s = s + bias
+    if STAGE == EDGE:
+        s = tl.where(window_ok(rows[0][:, None], offs_n[None, :], reach) & n_ok[None, :], s, float("-inf"))
+    elif STAGE != INTERIOR and not HAS_BIAS:  # the end of a SPAN or GATHERED list
+        s = tl.where(n_ok[None, :], s, float("-inf"))
+    if HAS_BIAS:
+        s = s + tl.load(keys.bias + tok_n, mask=n_ok, other=float("-inf"))[None, :]
     return tok_n, k, v, s
 
 
