@@ -48,8 +48,8 @@ class TritonConfig:
 
     ``block_m`` = query rows per tile, ``block_n`` = keys per tile. Backward keeps more tiles live
     (k, v, dk, dv, q, dO, P, dS), so it defaults to smaller query tiles. The GPU defaults were
-    chosen so that no kernel spills registers on sm_90 (checked with ``cuobjdump
-    --dump-resource-usage`` on ahead-of-time builds, see docs/triton.md); they are not timed yet.
+    chosen from sm_90 builds (``python -m triton_kernels.triton_aot``; the table is in
+    docs/triton.md: fp16/bf16 at head size 64 do not spill, float32 does); they are not timed yet.
     """
 
     block_m: int = 64
