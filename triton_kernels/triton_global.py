@@ -55,7 +55,7 @@ def _split_keys(KG, VG, PadBias, k_strides, v_strides, b, h, end, seq_len, cols)
 @triton.jit
 def _global_query_program(KG, VG, PadBias, GIdx, GCount, k_strides, v_strides, H, seq_len, head_dim, g_max,
                           split_len, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
-    """What program ``(g tile, split, b*H + h)`` of a global-query kernel works on: ``(b, h, b*H + h)``;
+    """What program ``(g tile, split, b*H + h)`` of a global-query kernel works on: ``b, h, b*H + h``;
     the batch row's global tokens (tiles past their count have nothing to do); its own tile of them
     (list positions, tokens, flags); the head-dimension columns; and the split's keys ``[start, end)``."""
     b, h, bh = batch_head(H, 2)
@@ -64,7 +64,7 @@ def _global_query_program(KG, VG, PadBias, GIdx, GCount, k_strides, v_strides, H
     cols = head_cols(head_dim, BLOCK_D)
     start, end = _split(split_len, seq_len)
     keys = _split_keys(KG, VG, PadBias, k_strides, v_strides, b, h, end, seq_len, cols)
-    return (b, h, bh), glob, own, cols, start, keys
+    return b, h, bh, glob, own, cols, start, keys
 
 
 @triton.jit
@@ -75,10 +75,11 @@ def global_fwd_kernel(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     """Unnormalised partial softmax of global rows over keys ``[split*split_len, +split_len)``."""
-    (b, h, bh), glob, (offs_g, tok_m, m_ok), cols, start, keys = _global_query_program(
+    b, h, bh, glob, own, cols, start, keys = _global_query_program(
         KG, VG, PadBias, GIdx, GCount, k_strides, v_strides, H, seq_len, head_dim, g_max, split_len, BLOCK_M, BLOCK_D)
     if tl.program_id(0) * BLOCK_M >= glob.length:
         return
+    offs_g, tok_m, m_ok = own
     q = load_rows(head_slice(QG, q_strides, b, h), tok_m, m_ok, cols)
     acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
@@ -100,10 +101,11 @@ def global_bwd_dq_kernel(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     """Partial dq_global (unscaled) of global rows from the keys of one split."""
-    (b, h, bh), glob, (offs_g, tok_m, m_ok), cols, start, keys = _global_query_program(
+    b, h, bh, glob, own, cols, start, keys = _global_query_program(
         KG, VG, PadBias, GIdx, GCount, k_strides, v_strides, H, seq_len, head_dim, g_max, split_len, BLOCK_M, BLOCK_D)
     if tl.program_id(0) * BLOCK_M >= glob.length:
         return
+    offs_g, tok_m, m_ok = own
     queries = query_side(QG, DO, Lse, Delta, PadBias, q_strides, do_strides, b, h, bh, seq_len, cols, glob)
     dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
     dq = q_grad_range(dq, query_grad_rows(queries, tok_m, m_ok, m_ok), (offs_g, tok_m), keys, start, keys.tokens.length,

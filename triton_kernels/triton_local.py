@@ -36,7 +36,7 @@ ROW_LEN = tl.constexpr(schedule.ROW_LEN)
 
 @triton.jit
 def _program(Plan, NTiles, Dil, H, max_tiles, head_dim, BLOCK: tl.constexpr, BLOCK_D: tl.constexpr):
-    """What program ``(t, b*H + h)`` works on: ``(b, h, b*H + h)``; the number of tiles in head ``h``'s
+    """What program ``(t, b*H + h)`` works on: ``b, h, b*H + h``; the number of tiles in head ``h``'s
     plan (rows ``t`` past it have nothing to do); from row ``t``, its own tile (class positions,
     tokens, in-class flags), its residue class as a ``Tokens`` list and the ranges ``lo, ilo, ihi, hi``
     of the tiles it loops over (list positions); and the head-dimension columns."""
@@ -46,7 +46,7 @@ def _program(Plan, NTiles, Dil, H, max_tiles, head_dim, BLOCK: tl.constexpr, BLO
     cls = Tokens(tl.load(row + ROW_CLASS), tl.load(Dil + h), tl.load(row + ROW_LEN), 0)
     own = tile_tokens(cls, tl.load(row + ROW_START), INTERIOR, BLOCK)
     ranges = (tl.load(row + ROW_LO), tl.load(row + ROW_ILO), tl.load(row + ROW_IHI), tl.load(row + ROW_HI))
-    return (b, h, bh), tl.load(NTiles + h), own, cls, ranges, head_cols(head_dim, BLOCK_D)
+    return b, h, bh, tl.load(NTiles + h), own, cls, ranges, head_cols(head_dim, BLOCK_D)
 
 
 @triton.jit
@@ -62,10 +62,11 @@ def local_fwd_kernel(
     HAS_BIAS: tl.constexpr, HAS_GLOBAL: tl.constexpr, DROPOUT: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
-    (b, h, bh), n_tiles, (offs_m, tok_m, m_ok), cls, (lo, ilo, ihi, hi), cols = _program(
-        Plan, NTiles, Dil, H, max_tiles, head_dim, BLOCK_M, BLOCK_D)
+    b, h, bh, n_tiles, own, cls, ranges, cols = _program(Plan, NTiles, Dil, H, max_tiles, head_dim, BLOCK_M, BLOCK_D)
     if tl.program_id(0) >= n_tiles:
         return
+    offs_m, tok_m, m_ok = own
+    lo, ilo, ihi, hi = ranges
     bias = KeyBias + b.to(tl.int64) * seq_len
     keys = KeySide(head_slice(K, k_strides, b, h), head_slice(V, v_strides, b, h), cols, cls, bias)
     reach = Reach(reach_left, reach_right)
@@ -103,10 +104,11 @@ def local_bwd_dq_kernel(
     HAS_BIAS: tl.constexpr, HAS_GLOBAL: tl.constexpr, DROPOUT: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
-    (b, h, bh), n_tiles, (offs_m, tok_m, m_ok), cls, (lo, ilo, ihi, hi), cols = _program(
-        Plan, NTiles, Dil, H, max_tiles, head_dim, BLOCK_M, BLOCK_D)
+    b, h, bh, n_tiles, own, cls, ranges, cols = _program(Plan, NTiles, Dil, H, max_tiles, head_dim, BLOCK_M, BLOCK_D)
     if tl.program_id(0) >= n_tiles:
         return
+    offs_m, tok_m, m_ok = own
+    lo, ilo, ihi, hi = ranges
     queries = query_side(Q, DO, Lse, Delta, KeyBias, q_strides, do_strides, b, h, bh, seq_len, cols, cls)
     keys = KeySide(head_slice(K, k_strides, b, h), head_slice(V, v_strides, b, h), cols, cls, queries.bias)
     reach = Reach(reach_left, reach_right)
@@ -141,10 +143,11 @@ def local_bwd_dkdv_kernel(
     ``Plan`` here is the key-centric plan (reaches swapped), and ``reach_left``/``reach_right``
     are the *query-side* reaches, used unchanged in the window test ``i - j``.
     """
-    (b, h, bh), n_tiles, (offs_n, tok_n, n_ok), cls, (lo, ilo, ihi, hi), cols = _program(
-        Plan, NTiles, Dil, H, max_tiles, head_dim, BLOCK_N, BLOCK_D)
+    b, h, bh, n_tiles, own, cls, ranges, cols = _program(Plan, NTiles, Dil, H, max_tiles, head_dim, BLOCK_N, BLOCK_D)
     if tl.program_id(0) >= n_tiles:
         return
+    offs_n, tok_n, n_ok = own
+    lo, ilo, ihi, hi = ranges
     queries = query_side(Q, DO, Lse, Delta, KeyBias, q_strides, do_strides, b, h, bh, seq_len, cols, cls)
     reach = Reach(reach_left, reach_right)
     drop = Dropout(seed, bh, seq_len, p_drop)
