@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from .api import AttentionSpec
-from .masks import band, in_window, reach
+from .masks import band, global_positions, in_window, reaches
 
 # Query block length. Spans cost (b + 2*reach) keys per block for 2*reach + 1 useful ones; smaller
 # blocks waste less but give SDPA smaller matmuls. Measured on CPU (benchmarks/attention_cpu.py).
@@ -83,10 +83,7 @@ class _GlobalTokens:
 
     @classmethod
     def gather(cls, global_mask: torch.Tensor) -> "_GlobalTokens":
-        count = int(global_mask.sum(dim=1).max())
-        # A stable sort puts each row's global positions first, in order.
-        index = torch.argsort((~global_mask).to(torch.int8), dim=1, stable=True)[:, :count]
-        return cls(index, global_mask.gather(1, index))
+        return cls(*global_positions(global_mask))
 
     def take(self, x: torch.Tensor) -> torch.Tensor:
         """``[B, H, T, D] -> [B, H, G, D]`` at the global positions."""
@@ -127,8 +124,8 @@ class _Blocking:
     def __init__(self, T: int, d: int, window: int, causal: bool):
         self.T, self.S, self.n = T, d, math.ceil(T / d)
         # Keys further than n - 1 away don't exist: cap the reach so short sequences pay nothing extra.
-        self.before = min(reach(window, causal), self.n - 1)
-        self.after = 0 if causal else self.before
+        before, after = reaches(window, causal)
+        self.before, self.after = min(before, self.n - 1), min(after, self.n - 1)
         self.window = self.before if causal else 2 * self.before  # in residue-sequence steps
         self.causal = causal
         self.block = min(self.n, max(MIN_BLOCK, min(MAX_BLOCK, self.before)))
