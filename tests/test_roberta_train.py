@@ -42,10 +42,10 @@ def _model_args():
     ]
 
 
-def _train_argv(data, lf, save_dir, *extra):
+def _train_argv(data, lf, save_dir, *extra, restore_file=None):
     return [
         data, "--user-dir", USER_DIR, "--task", "masked_lm", "--criterion", "masked_lm_bpc", *_model_args(),
-        "--restore-file", os.path.join(lf, "model.pt"),
+        "--restore-file", restore_file or os.path.join(lf, "model.pt"),
         "--reset-optimizer", "--reset-dataloader", "--reset-meters", "--reset-lr-scheduler",
         "--optimizer", "adam", "--max-tokens", "512", "--max-update", "3", "--cpu",
         "--save-dir", save_dir, "--no-epoch-checkpoints", "--log-format", "simple", "--log-interval", "1",
@@ -120,9 +120,20 @@ def test_freeze_roberta_trains_only_the_new_position_rows(setup, caplog):
 
 def test_two_cpu_processes_train_data_parallel(setup):
     """fairseq's pytorch_ddp backend passes device_ids=[0] (GPU only), and its torchrun path divides by
-    the CUDA device count; on CPU fairseq's own legacy_ddp with gloo and explicit ranks works."""
+    the CUDA device count; on CPU fairseq's own legacy_ddp with gloo and explicit ranks works.
+
+    Restoring goes fairseq's default way: rank 0 reads the checkpoint and broadcasts it, and rank 1
+    reads that back under torch's safe ``weights_only`` unpickler. The checkpoint is one that was
+    loaded by fairseq's loader and saved again, so its ``cfg`` is an omegaconf DictConfig on disk too.
+    """
+    from fairseq import checkpoint_utils
+
     root, lf, data = setup
     save_dir = str(root / "ddp")
+    resaved = str(root / "resaved.pt")
+    state = checkpoint_utils.load_checkpoint_to_cpu(os.path.join(lf, "model.pt"))
+    assert OmegaConf.is_config(state["cfg"])
+    torch.save(state, resaved)
     port = rf.free_port()
     logs = [open(root / f"rank{rank}.log", "w+") for rank in range(2)]
     procs = [
@@ -130,7 +141,7 @@ def test_two_cpu_processes_train_data_parallel(setup):
             data, lf, save_dir, "--lr", "1e-4",
             "--distributed-world-size", "2", "--distributed-rank", str(rank), "--distributed-no-spawn",
             "--distributed-init-method", f"tcp://127.0.0.1:{port}", "--distributed-backend", "gloo",
-            "--ddp-backend", "legacy_ddp", "--load-checkpoint-on-all-dp-ranks",
+            "--ddp-backend", "legacy_ddp", restore_file=resaved,
         ), logs[rank])
         for rank in range(2)
     ]
@@ -143,6 +154,7 @@ def test_two_cpu_processes_train_data_parallel(setup):
         log.close()
     assert [p.returncode for p in procs] == [0, 0], texts[0][-2000:] + texts[1][-2000:]
     assert "distributed init (rank 1)" in texts[1]
+    assert all(f"Loaded checkpoint {resaved}" in text for text in texts)  # rank 1 read the broadcast
     # --max-tokens 512 per process: more than 512 words per batch means both ranks' batches were summed
     words_per_batch = [float(part.split("=")[1]) for line in texts[0].splitlines() if "train_inner" in line
                        for part in line.split(", ") if part.startswith("wpb=")]
