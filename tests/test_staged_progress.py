@@ -1,46 +1,57 @@
-"""The staged runner's progress bar and end table, fed a canned fairseq JSON log (lines as fairseq 0.12's
-``--log-format json`` writes them, taken from a demo run's train.log)."""
+"""The staged runner's progress bar and end table, fed a canned fairseq JSON log: lines of a phase's
+train.log as ``fairseq-hydra-train --log-format json`` wrote them in a run of tests/test_staged_train.py
+(paths shortened)."""
 
 from __future__ import annotations
 
 import io
 
-from fairseq_longformer.staged_train import PhaseProgress, format_duration, parse_log, phase_table
+from fairseq_longformer.staged_train import (
+    PhaseProgress,
+    format_duration,
+    parse_log,
+    phase_table,
+)
 
 CANNED_LOG = """\
-2026-11-26 14:10:02 | INFO | fairseq_cli.train | task: LanguageModelingTask
-2026-11-26 14:10:03 | INFO | fairseq.trainer | No existing checkpoint found /run/phase1/checkpoint_last.pt
-2026-11-26 14:10:09 | INFO | train_inner | {"epoch": 1, "update": 0.131, "loss": "4.868", "bpc": "4.868", "ppl": "29.2", "wps": "2171.5", "ups": "1.06", "wpb": "2048", "bsz": "8", "num_updates": "10", "lr": "0.000333333", "gnorm": "2.164", "clip": "100", "train_wall": "9", "wall": "10"}
-2026-11-26 14:10:19 | INFO | train_inner | {"epoch": 1, "update": 0.263, "loss": "3.611", "bpc": "3.611", "ppl": "12.22", "wps": "2093.1", "ups": "1.02", "wpb": "2048", "bsz": "8", "num_updates": "20", "lr": "0.000666667", "gnorm": "1.02", "clip": "100", "train_wall": "9", "wall": "20"}
-2026-11-26 14:10:20 | INFO | fairseq_cli.train | begin validation on "valid" subset
-2026-11-26 14:10:22 | INFO | valid | {"epoch": 1, "valid_loss": "3.402", "valid_bpc": "3.402", "valid_ppl": "10.57", "valid_wps": "9876.5", "valid_wpb": "1968.4", "valid_bsz": "7.7", "valid_num_updates": "20"}
-2026-11-26 14:10:29 | INFO | train_inner | {"epoch": 1, "update": 0.394, "loss": "3.350", "bpc": "3.35", "ppl": "10.2", "wps": "2101.7", "ups": "1.03", "wpb": "2048", "bsz": "8", "num_updates": "30", "lr": "0.001", "gnorm": "0.8", "clip": "100", "train_wall": "9", "wall": "30"}
-2026-11-26 14:10:31 | INFO | valid | {"epoch": 1, "valid_loss": "3.298", "valid_bpc": "3.298", "valid_ppl": "9.84", "valid_wps": "9912.1", "valid_wpb": "1968.4", "valid_bsz": "7.7", "valid_num_updates": "32"}
-2026-11-26 14:10:31 | INFO | fairseq_cli.train | end of epoch 1 (average epoch stats below)
-2026-11-26 14:10:31 | INFO | train | {"epoch": 1, "train_loss": "3.85", "train_bpc": "3.85", "train_ppl": "14.42", "train_wps": "2110.3", "train_ups": "1.03", "train_wpb": "2048", "train_bsz": "8", "train_num_updates": "32", "train_lr": "0.00106667", "train_gnorm": "1.3", "train_clip": "100", "train_train_wall": "31", "train_wall": "32"}
-2026-11-26 14:10:31 | INFO | fairseq_cli.train | done training in 31.0 seconds
+[2026-11-26 14:40:21,972][fairseq_cli.train][INFO] - training on 1 devices (GPUs/TPUs)
+[2026-11-26 14:40:21,982][fairseq.trainer][INFO] - No existing checkpoint found /runs/demo/p1/checkpoint_last.pt
+[2026-11-26 14:40:31,448][fairseq.trainer][INFO] - begin training epoch 1
+[2026-11-26 14:40:32,334][train_inner][INFO] - {"epoch": 1, "update": 0.046, "loss": "7.101", "bpc": "7.1013", "ppl": "137.31", "wps": "980.8", "ups": "7.65", "wpb": "128", "bsz": "4", "num_updates": "5", "lr": "0.003", "gnorm": "1.398", "clip": "100", "train_wall": "1", "wall": "10"}
+[2026-11-26 14:40:32,343][fairseq_cli.train][INFO] - begin validation on "valid" subset
+[2026-11-26 14:40:32,880][valid][INFO] - {"epoch": 1, "valid_loss": "6.658", "valid_bpc": "6.6583", "valid_ppl": "101.01", "valid_wps": "3502.6", "valid_wpb": "124.9", "valid_bsz": "3.9", "valid_num_updates": "5"}
+[2026-11-26 14:40:32,975][fairseq.checkpoint_utils][INFO] - Saved checkpoint /runs/demo/p1/checkpoint_1_5.pt (epoch 1 @ 5 updates, score 6.658) (writing took 0.08341654700006984 seconds)
+[2026-11-26 14:40:33,562][train_inner][INFO] - {"epoch": 1, "update": 0.092, "loss": "6.218", "bpc": "6.2177", "ppl": "74.42", "wps": "525.1", "ups": "4.1", "wpb": "128", "bsz": "4", "num_updates": "10", "lr": "0.003", "gnorm": "1.115", "clip": "100", "train_wall": "1", "wall": "12"}
+[2026-11-26 14:40:33,565][fairseq_cli.train][INFO] - Stopping training due to num_updates: 10 >= max_update: 10
+[2026-11-26 14:40:34,010][valid][INFO] - {"epoch": 1, "valid_loss": "6.155", "valid_bpc": "6.1554", "valid_ppl": "71.28", "valid_wps": "4208.3", "valid_wpb": "124.9", "valid_bsz": "3.9", "valid_num_updates": "10", "valid_best_loss": "6.155"}
+[2026-11-26 14:40:34,070][fairseq_cli.train][INFO] - end of epoch 1 (average epoch stats below)
+[2026-11-26 14:40:34,074][train][INFO] - {"epoch": 1, "train_loss": "6.659", "train_bpc": "6.6595", "train_ppl": "101.09", "train_wps": "509.3", "train_ups": "3.98", "train_wpb": "128", "train_bsz": "4", "train_num_updates": "10", "train_lr": "0.003", "train_gnorm": "1.256", "train_clip": "100", "train_train_wall": "1", "train_wall": "12"}
+[2026-11-26 14:40:34,082][fairseq_cli.train][INFO] - done training in 2.7 seconds
 """
 
 
 def test_progress_bar_follows_updates_and_latest_bpc():
     out = io.StringIO()
-    progress = PhaseProgress("phase1", 256, 32, file=out)
+    progress = PhaseProgress("p1", 32, 10, file=out)
     seen = []
     for line in CANNED_LOG.splitlines(keepends=True):
         progress.feed(line)
         seen.append((progress.bar.n, progress.latest["train_bpc"], progress.latest["valid_bpc"]))
     progress.close()
-    assert seen[2] == (10, 4.868, None)  # first train_inner line
-    assert seen[5] == (20, 3.611, 3.402)  # first validation
-    assert seen[-1] == (32, 3.35, 3.298)  # the last update comes from validation / the epoch summary
-    assert "phase1 (256 tokens)" in out.getvalue() and "32/32" in out.getvalue()
-    assert "train BPC=3.350" in out.getvalue() and "valid BPC=3.298" in out.getvalue()
+    assert seen[2] == (0, None, None)  # no JSON yet
+    assert seen[3] == (5, 7.1013, None)  # first train_inner line
+    assert seen[5] == (5, 7.1013, 6.6583)  # first validation
+    assert seen[7] == (10, 6.2177, 6.6583)
+    assert seen[-1] == (10, 6.2177, 6.1554)  # the epoch summary's train_bpc is an average, not the latest
+    assert "p1 (32 tokens)" in out.getvalue() and "10/10" in out.getvalue()
+    assert "train BPC=6.218" in out.getvalue() and "valid BPC=6.155" in out.getvalue()
 
 
 def test_resumed_phase_starts_the_bar_at_its_logged_updates():
     progress = PhaseProgress("phase2", 512, 150, done=40, file=io.StringIO())
     assert progress.bar.n == 40
-    progress.feed('x | INFO | train_inner | {"bpc": "2.0", "num_updates": "30"}\n')  # relaunch from an earlier checkpoint
+    # a relaunch resumes from its last checkpoint, which may be older than the last logged update
+    progress.feed('[2026-11-26 14:42:22,167][train_inner][INFO] - {"epoch": 1, "bpc": "2.0", "num_updates": "30"}\n')
     assert progress.bar.n == 30
     progress.close()
 
@@ -49,8 +60,8 @@ def test_table_of_phases_from_the_parsed_log(tmp_path):
     log = tmp_path / "train.log"
     log.write_text(CANNED_LOG)
     points = parse_log(log)
-    assert points["train"] == [(10, 4.868), (20, 3.611), (30, 3.35)]
-    assert points["valid"] == [(20, 3.402), (32, 3.298)]
+    assert points["train"] == [(5, 7.1013), (10, 6.2177)]
+    assert points["valid"] == [(5, 6.6583), (10, 6.1554)]
     records = [
         {"name": "phase1", "tokens_per_sample": 256, "updates": points["updates"][-1][0],
          "train_bpc": points["train"][-1][1], "valid_bpc": points["valid"][-1][1], "wall_s": 31.0},
@@ -59,7 +70,7 @@ def test_table_of_phases_from_the_parsed_log(tmp_path):
     ]
     assert phase_table(records).splitlines() == [
         "phase   seq length  updates  train BPC  valid BPC  wall time",
-        "phase1         256       32     3.3500     3.2980      0m31s",
+        "phase1         256       10     6.2177     6.1554      0m31s",
         "phase2         512      150     2.1000          -   1h02m05s",
     ]
 
