@@ -62,7 +62,7 @@ def load_roberta(roberta_dir: str):
     cfg = state.get("cfg")
     if cfg is None or cfg.get("model") is None or "model" not in state:
         raise ConversionError(f"{checkpoint} has no model config/weights; is it a fairseq model checkpoint?")
-    name = _model_name(cfg.model)
+    name = model_name(cfg.model)
     from fairseq.models import ARCH_MODEL_REGISTRY
 
     if ARCH_MODEL_REGISTRY.get(name) is not RobertaModel:
@@ -118,7 +118,7 @@ def longformer_cfg(cfg, source_positions: int, options: ConversionOptions):
     model_cfg = cfg.model
     if not isinstance(model_cfg, Namespace):
         model_cfg = Namespace(**OmegaConf.to_container(model_cfg, resolve=True))
-    arch = ARCH_MAP.get(getattr(model_cfg, "arch", None) or _model_name(cfg.model), "longformer_roberta_base")
+    arch = ARCH_MAP.get(getattr(model_cfg, "arch", None) or model_name(cfg.model), "longformer_roberta_base")
     updates = dict(
         _name=arch, arch=arch,
         max_positions=options.max_positions, max_source_positions=options.max_positions,
@@ -172,14 +172,14 @@ def convert(input_dir: str, output_dir: str, options: ConversionOptions, overwri
             with atomic_file(os.path.join(output_dir, name)) as tmp:
                 shutil.copyfile(source, tmp)
     with atomic_file(os.path.join(output_dir, "model.pt")) as tmp:
-        torch.save(_checkpoint(cfg, longformer.state_dict()), tmp)
+        torch.save(fairseq_checkpoint(cfg, longformer.state_dict()), tmp)
     logger.info("wrote %s: %d layers, positions %d -> %d (%s), attention window %s", output_dir,
                 len(roberta.encoder.sentence_encoder.layers), cfg.model.roberta_max_positions,
                 options.max_positions, options.position_init, options.attention_window)
     return longformer
 
 
-def _checkpoint(cfg, model_state: dict) -> dict:
+def fairseq_checkpoint(cfg, model_state: dict) -> dict:
     """A fairseq checkpoint with no optimizer state, at update 0 (load with the --reset-* flags)."""
     return {
         "args": None,
@@ -194,7 +194,7 @@ def _checkpoint(cfg, model_state: dict) -> dict:
     }
 
 
-def _model_name(model_cfg) -> str | None:
+def model_name(model_cfg) -> str | None:
     if isinstance(model_cfg, Namespace):
         return getattr(model_cfg, "_name", None) or getattr(model_cfg, "arch", None)
     return model_cfg.get("_name") or model_cfg.get("arch")
