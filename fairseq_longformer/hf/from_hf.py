@@ -22,7 +22,7 @@ from fairseq.dataclass.utils import convert_namespace_to_omegaconf
 
 from data_prep.atomic import check_output_dir, staged_dir
 
-from ..convert_roberta import ConversionError, fairseq_checkpoint
+from ..convert_roberta import ConversionError, fairseq_checkpoint, run_tool
 from . import mapping
 from .vocab import HfVocab, VocabularyError, write_dictionary
 
@@ -205,12 +205,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> None:
-    logging.basicConfig(format="%(asctime)s | %(levelname)s | %(name)s | %(message)s", level=logging.INFO)
     args = build_parser().parse_args(argv)
-    try:
-        import_hf(args.input, args.output, overwrite=args.overwrite)
-    except ConversionError as err:
-        raise SystemExit(f"longformer-import-hf: error: {err}") from None
+    run_tool("longformer-import-hf", lambda: import_hf(args.input, args.output, overwrite=args.overwrite))
 
 
 if __name__ == "__main__":

@@ -16,8 +16,6 @@ import os
 import sys
 
 import torch
-from fairseq import checkpoint_utils, tasks
-from omegaconf import open_dict
 
 from data_prep.atomic import (
     check_output_dir,
@@ -26,7 +24,13 @@ from data_prep.atomic import (
     write_text_atomic,
 )
 
-from ..convert_roberta import ConversionError, model_name
+from ..convert_roberta import (
+    ConversionError,
+    build_from_checkpoint,
+    model_name,
+    read_checkpoint,
+    run_tool,
+)
 from ..models.longformer_roberta import LongformerRobertaModel
 from ..modules.per_layer import per_layer
 from . import mapping
@@ -100,29 +104,13 @@ def _check_windows(windows: list[int]) -> None:
 
 
 def load_fairseq_model(input_dir: str, checkpoint_file: str):
-    """The checked config, the model loaded strictly from the checkpoint, and its task (with the dictionary)."""
+    """The checked config, the model loaded strictly from the checkpoint, its task (with the dictionary), windows."""
     path = os.path.join(input_dir, checkpoint_file)
-    for needed in (path, os.path.join(input_dir, "dict.txt")):
-        if not os.path.isfile(needed):
-            raise ConversionError(f"{needed} not found: --input must hold the checkpoint (--checkpoint-file, "
-                                  "default model.pt) and the dict.txt it was trained with")
-    try:
-        state = checkpoint_utils.load_checkpoint_to_cpu(path)
-    except Exception as err:  # unpickling errors come in many types
-        raise ConversionError(f"{path} is not a readable fairseq checkpoint ({type(err).__name__}: {err})") from err
-    cfg = state.get("cfg")
-    if cfg is None or cfg.get("model") is None or "model" not in state:
-        raise ConversionError(f"{path} has no model config/weights; is it a fairseq model checkpoint?")
-    windows = check_exportable(cfg.model)
-    with open_dict(cfg):
-        cfg.task.data = os.path.abspath(input_dir)
-    task = tasks.setup_task(cfg.task)
-    model = task.build_model(cfg.model)
-    try:
-        model.load_state_dict(state["model"], strict=True, model_cfg=cfg.model)
-    except RuntimeError as err:
-        raise ConversionError(f"{path} does not match its own config: {err}") from err
-    return cfg, model.float().eval(), task, windows
+    state = read_checkpoint(path, input_dir, "the checkpoint (--checkpoint-file, default model.pt) and the "
+                                            "dict.txt it was trained with")
+    windows = check_exportable(state["cfg"].model)
+    task, model = build_from_checkpoint(state, input_dir, path)
+    return state["cfg"], model.float().eval(), task, windows
 
 
 def hf_config_fields(model_cfg, windows: list[int], vocab_size: int, dictionary_size: int, positions: int) -> dict:
@@ -217,12 +205,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> None:
-    logging.basicConfig(format="%(asctime)s | %(levelname)s | %(name)s | %(message)s", level=logging.INFO)
     args = build_parser().parse_args(argv)
-    try:
-        export(args.input, args.output, args.checkpoint_file, overwrite=args.overwrite)
-    except ConversionError as err:
-        raise SystemExit(f"longformer-export-hf: error: {err}") from None
+    run_tool("longformer-export-hf", lambda: export(args.input, args.output, args.checkpoint_file, args.overwrite))
 
 
 if __name__ == "__main__":
