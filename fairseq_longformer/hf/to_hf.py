@@ -106,8 +106,8 @@ def _check_windows(windows: list[int]) -> None:
 def load_fairseq_model(input_dir: str, checkpoint_file: str):
     """The checked config, the model loaded strictly from the checkpoint, its task (with the dictionary), windows."""
     path = os.path.join(input_dir, checkpoint_file)
-    state = read_checkpoint(path, input_dir, "the checkpoint (--checkpoint-file, default model.pt) and the "
-                                            "dict.txt it was trained with")
+    state = read_checkpoint(path, input_dir, "a directory holding the checkpoint (--checkpoint-file, default "
+                                            "model.pt) and the dict.txt it was trained with")
     windows = check_exportable(state["cfg"].model)
     task, model = build_from_checkpoint(state, input_dir, path)
     return state["cfg"], model.float().eval(), task, windows
