@@ -49,20 +49,41 @@ class ConversionError(ValueError):
     """The input cannot be converted; the message says why and what to do."""
 
 
+def read_checkpoint(path: str, data_dir: str, what: str) -> dict:
+    """A fairseq checkpoint with its ``cfg`` and weights; ``path`` and ``data_dir/dict.txt`` must exist (``what``
+    says what ``--input`` must hold)."""
+    for needed in (path, os.path.join(data_dir, "dict.txt")):
+        if not os.path.isfile(needed):
+            raise ConversionError(f"{needed} not found: --input must be {what}")
+    try:
+        state = checkpoint_utils.load_checkpoint_to_cpu(path)
+    except Exception as err:  # unpickling errors come in many types
+        raise ConversionError(f"{path} is not a readable fairseq checkpoint ({type(err).__name__}: {err})") from err
+    cfg = state.get("cfg")
+    if cfg is None or cfg.get("model") is None or "model" not in state:
+        raise ConversionError(f"{path} has no model config/weights; is it a fairseq model checkpoint?")
+    return state
+
+
+def build_from_checkpoint(state: dict, data_dir: str, path: str):
+    """``(task, model)``: the checkpoint's own config with the dictionary of ``data_dir``, weights loaded strictly."""
+    cfg = state["cfg"]
+    with open_dict(cfg):
+        cfg.task.data = os.path.abspath(data_dir)
+    task = tasks.setup_task(cfg.task)
+    model = task.build_model(cfg.model)
+    try:
+        model.load_state_dict(state["model"], strict=True, model_cfg=cfg.model)
+    except RuntimeError as err:
+        raise ConversionError(f"{path} does not match its own config: {err}") from err
+    return task, model
+
+
 def load_roberta(roberta_dir: str):
     """Return ``(cfg, task, RobertaModel)`` read from ``roberta_dir/model.pt`` and ``dict.txt``."""
     checkpoint = os.path.join(roberta_dir, "model.pt")
-    for path in (checkpoint, os.path.join(roberta_dir, "dict.txt")):
-        if not os.path.isfile(path):
-            raise ConversionError(f"{path} not found: --input must be a fairseq RoBERTa directory with model.pt and dict.txt")
-    try:
-        state = checkpoint_utils.load_checkpoint_to_cpu(checkpoint)
-    except Exception as err:  # unpickling errors come in many types
-        raise ConversionError(f"{checkpoint} is not a readable fairseq checkpoint ({type(err).__name__}: {err})") from err
-    cfg = state.get("cfg")
-    if cfg is None or cfg.get("model") is None or "model" not in state:
-        raise ConversionError(f"{checkpoint} has no model config/weights; is it a fairseq model checkpoint?")
-    name = _model_name(cfg.model)
+    state = read_checkpoint(checkpoint, roberta_dir, "a fairseq RoBERTa directory with model.pt and dict.txt")
+    name = model_name(state["cfg"].model)
     from fairseq.models import ARCH_MODEL_REGISTRY
 
     if ARCH_MODEL_REGISTRY.get(name) is not RobertaModel:
@@ -70,15 +91,8 @@ def load_roberta(roberta_dir: str):
             f"{checkpoint} holds a {name!r} model, not a RoBERTa one (arch roberta/roberta_base/roberta_large); "
             "only fairseq RoBERTa checkpoints can be converted"
         )
-    with open_dict(cfg):
-        cfg.task.data = os.path.abspath(roberta_dir)
-    task = tasks.setup_task(cfg.task)
-    model = task.build_model(cfg.model)
-    try:
-        model.load_state_dict(state["model"], strict=True, model_cfg=cfg.model)
-    except RuntimeError as err:
-        raise ConversionError(f"{checkpoint} does not match its own RoBERTa config: {err}") from err
-    return cfg, task, model
+    task, model = build_from_checkpoint(state, roberta_dir, checkpoint)
+    return state["cfg"], task, model
 
 
 def longformer_state_dict(roberta_state: dict, num_layers: int, options: ConversionOptions) -> dict:
@@ -118,7 +132,7 @@ def longformer_cfg(cfg, source_positions: int, options: ConversionOptions):
     model_cfg = cfg.model
     if not isinstance(model_cfg, Namespace):
         model_cfg = Namespace(**OmegaConf.to_container(model_cfg, resolve=True))
-    arch = ARCH_MAP.get(getattr(model_cfg, "arch", None) or _model_name(cfg.model), "longformer_roberta_base")
+    arch = ARCH_MAP.get(getattr(model_cfg, "arch", None) or model_name(cfg.model), "longformer_roberta_base")
     updates = dict(
         _name=arch, arch=arch,
         max_positions=options.max_positions, max_source_positions=options.max_positions,
@@ -172,14 +186,14 @@ def convert(input_dir: str, output_dir: str, options: ConversionOptions, overwri
             with atomic_file(os.path.join(output_dir, name)) as tmp:
                 shutil.copyfile(source, tmp)
     with atomic_file(os.path.join(output_dir, "model.pt")) as tmp:
-        torch.save(_checkpoint(cfg, longformer.state_dict()), tmp)
+        torch.save(fairseq_checkpoint(cfg, longformer.state_dict()), tmp)
     logger.info("wrote %s: %d layers, positions %d -> %d (%s), attention window %s", output_dir,
                 len(roberta.encoder.sentence_encoder.layers), cfg.model.roberta_max_positions,
                 options.max_positions, options.position_init, options.attention_window)
     return longformer
 
 
-def _checkpoint(cfg, model_state: dict) -> dict:
+def fairseq_checkpoint(cfg, model_state: dict) -> dict:
     """A fairseq checkpoint with no optimizer state, at update 0 (load with the --reset-* flags)."""
     return {
         "args": None,
@@ -194,7 +208,7 @@ def _checkpoint(cfg, model_state: dict) -> dict:
     }
 
 
-def _model_name(model_cfg) -> str | None:
+def model_name(model_cfg) -> str | None:
     if isinstance(model_cfg, Namespace):
         return getattr(model_cfg, "_name", None) or getattr(model_cfg, "arch", None)
     return model_cfg.get("_name") or model_cfg.get("arch")
@@ -221,14 +235,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv=None) -> None:
+def run_tool(prog: str, action) -> None:
+    """Run a conversion tool's ``action()`` with fairseq's log format; a ConversionError exits with its message."""
     logging.basicConfig(format="%(asctime)s | %(levelname)s | %(name)s | %(message)s", level=logging.INFO)
+    try:
+        action()
+    except ConversionError as err:
+        raise SystemExit(f"{prog}: error: {err}") from None
+
+
+def main(argv=None) -> None:
     args = build_parser().parse_args(argv)
     options = ConversionOptions(args.max_positions, str(args.attention_window), args.position_init, args.seed)
-    try:
-        convert(args.input, args.output, options, overwrite=args.overwrite)
-    except ConversionError as err:
-        raise SystemExit(f"longformer-convert-roberta: error: {err}") from None
+    run_tool("longformer-convert-roberta", lambda: convert(args.input, args.output, options, overwrite=args.overwrite))
 
 
 if __name__ == "__main__":

@@ -256,6 +256,31 @@ def test_torch_cpu_path_in_many_chunks(monkeypatch, causal):
         torch.testing.assert_close(g, want)
 
 
+@pytest.mark.parametrize("path", ["span", "sdpa"])
+def test_torch_global_tokens_on_both_cpu_paths(monkeypatch, path):
+    # "span": the CPU flash path, one query block per chunk, global keys merged through the log-sum-exp;
+    # "sdpa": the single SDPA call (dropout or GPU) with the global keys appended to every span.
+    import triton_kernels.blocked as blocked
+    if path == "span":
+        monkeypatch.setattr(blocked, "CHUNK_BYTES", 1)
+    else:
+        monkeypatch.setattr(blocked, "use_span_attention", lambda spec, q: False)
+    c = dict(B=3, H=3, T=90, D=3, window=8, dilation=[1, 2, 3], causal=False,
+             padding=[(0, "right", 11), (1, "left", 9), (2, "all", 0)], n_globals=[4, 1, 2])
+    out, (q, k, v), args = run("torch", c)
+    torch.testing.assert_close(out, brute_force(q, k, v, **args))
+    leaves = [q, k, v, args["q_global"], args["k_global"], args["v_global"]]
+    for t in leaves:
+        t.requires_grad_()
+    upstream = torch.randn(out.shape, dtype=out.dtype, generator=torch.Generator().manual_seed(1))
+    grads = {}
+    for backend in BACKENDS:
+        result = longformer_attention(q, k, v, backend=backend, **args)
+        grads[backend] = torch.autograd.grad((result * upstream).sum(), leaves)
+    for got, want in zip(grads["torch"], grads["dense"]):
+        torch.testing.assert_close(got, want)
+
+
 @pytest.mark.parametrize("causal", [False, True])
 def test_torch_gradients_match_dense_on_larger_inputs(causal):
     c = dict(B=2, H=4, T=301, D=16, window=32 if not causal else 33, dilation=[1, 1, 2, 4], causal=causal,
