@@ -73,3 +73,17 @@ def _legacy_checkpoint(args, state: dict) -> dict:
         "extra_state": {"train_iterator": {"epoch": 1, "iterations_in_epoch": 0}},
         "last_optimizer_state": None,
     }
+
+
+def make_led_dir(directory: str, max_source_positions: int = 128, attention_window: str = "64",
+                 seed: int = 0, symbols=None, **tiny) -> str:
+    """A tiny LED directory as ``longformer-convert-bart`` writes it (the BART source is removed)."""
+    import shutil
+
+    from fairseq_longformer.convert_bart import LedConversionOptions, convert
+
+    source = directory.rstrip("/") + "_bart_source"
+    make_bart_dir(source, seed=seed, symbols=symbols, **tiny)
+    convert(source, directory, LedConversionOptions(max_source_positions, attention_window))
+    shutil.rmtree(source)
+    return directory
