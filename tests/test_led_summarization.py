@@ -21,6 +21,7 @@ from fairseq_longformer import eval_summarization
 from fairseq_longformer.eval_summarization import rouge_lsum_text, rouge_scores
 
 USER_DIR = os.path.dirname(fairseq_longformer.__file__)
+CONFIGS = os.path.join(os.path.dirname(USER_DIR), "configs", "led")
 RECORDS = [
     {"document": "the cat sat on the mat and looked at the dog for a long time", "summary": "cat on mat"},
     {"document": "a dog ran", "summary": "dog ran"},
@@ -235,3 +236,51 @@ def test_fairseq_train_translation_then_eval_generate_and_hub_sample(pipeline, c
     hub = LongformerBartModel.from_pretrained(save_dir, "checkpoint_last.pt", data_name_or_path=data, bpe="gpt2")
     summary = hub.sample(["The for statement iterates over the items of any sequence."], beam=2, max_len_b=8)
     assert isinstance(summary[0], str)
+
+
+def test_paper_recipe_configs_hold_their_numbers():
+    from omegaconf import OmegaConf
+
+    for name in ("base", "large"):
+        cfg = OmegaConf.load(os.path.join(CONFIGS, f"{name}.yaml"))
+        assert cfg.model._name == f"longformer_bart_{name}" and cfg.task._name == "translation"
+        assert cfg.model.max_source_positions == cfg.task.max_source_positions == 16384
+        assert cfg.model.attention_window == "1024" and cfg.model.source_global_attention == "cls"
+        assert cfg.common.fp16 and cfg.model.checkpoint_activations
+        assert cfg.optimization.lr == [3e-05] and cfg.lr_scheduler.warmup_updates == 1000
+        # 16 documents per update on 8 GPUs; 5 epochs of arXiv's 203,037 training documents
+        assert cfg.dataset.batch_size * 8 * cfg.optimization.update_freq[0] == 16
+        assert cfg.lr_scheduler.total_num_update == -(-5 * 203037 // 16)
+
+
+# Only the model size and lengths (and for base the GPU settings) are overridden: every other key of the
+# YAML (task, criterion, optimizer, scheduler, global attention, activation checkpointing) runs as written.
+HYDRA_OVERRIDES = {"demo": [], "base": ["common.fp16=false", "common.cpu=true", "optimization.update_freq=[1]"]}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("config", ["demo", "base"])
+def test_config_runs_with_fairseq_hydra_train(pipeline, config):
+    import subprocess
+    import sys
+
+    root, led, data = pipeline
+    t = lf.TINY
+    values = {
+        "common.user_dir": USER_DIR, "task.data": data, "checkpoint.restore_file": f"{led}/model.pt",
+        "checkpoint.save_dir": f"{root}/hydra_{config}", "optimization.max_update": 2, "dataset.num_workers": 0,
+        "task.max_source_positions": 256, "task.max_target_positions": t["max_positions"],
+        "model.max_source_positions": 256, "model.max_target_positions": t["max_positions"],
+        "model.attention_window": "'16'", "dataset.batch_size": 4,
+        **{f"model.{part}_{key}": t[value] for part in ("encoder", "decoder") for key, value in
+           (("layers", "layers"), ("embed_dim", "embed_dim"), ("ffn_embed_dim", "ffn_dim"), ("attention_heads", "heads"))},
+    }
+    overrides = [f"++{k}={v}" for k, v in values.items()]  # "++": set whether or not the YAML has the key
+    cmd = [sys.executable, "-m", "fairseq_cli.hydra_train", "--config-dir", CONFIGS, "--config-name", config,
+           *overrides, *HYDRA_OVERRIDES[config]]
+    proc = subprocess.run(cmd, cwd=root, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-3000:]
+    assert "Loaded checkpoint" in out and "num_updates: 2 >= max_update: 2" in out
+    assert not os.path.exists(root / "outputs")  # hydra.run.dir keeps fairseq in the launch directory

@@ -93,6 +93,9 @@ class LongformerBartModel(BARTModel):
             # fairseq-hydra-train hands legacy models a DictConfig; TransformerConfig.from_namespace keeps
             # extra arguments (attention_window, ...) only from a Namespace
             args = Namespace(**OmegaConf.to_container(args, resolve=True))
+        if safe_getattr(args, "task", None) is None:
+            # BART's state-dict upgrade reads args.task; fairseq-train's flat namespace has it, hydra's does not
+            args.task = safe_getattr(getattr(task, "cfg", None), "_name", None)
         base_architecture(args)
         return super().build_model(args, task)
 
