@@ -4,7 +4,8 @@
 Each input line is a JSON object with a document and its summary (fields ``document`` and ``summary``
 unless ``--source-field``/``--target-field`` say otherwise). Both sides are tokenized the way the model
 was pretrained: the model directory's GPT-2 BPE and ``dict.txt`` (``--model-dir``), or whitespace tokens
-with a dictionary built from the training split (``--tokenizer whitespace``). Both become
+(``--tokenizer whitespace``) looked up in the model's ``dict.txt`` (with ``--model-dir``) or in a
+dictionary built from the training split (without). Both become
 ``<s> tokens </s>``, BART's pretraining layout (and what its hub's ``encode``/``sample`` use); documents
 are cut to ``--max-source-positions`` tokens and summaries to ``--max-target-positions``, and every cut
 is counted. The output folder is what ``fairseq-train DIR --task translation`` reads:
@@ -109,18 +110,29 @@ def write_split(path: str, split: str, out: Path, spec: TokenizerSpec, options: 
 
 def _tokenizer_spec(args, work: Path) -> TokenizerSpec:
     """The tokenizer, with its dictionary and files written into the output folder."""
-    if args.model_dir:
+    if args.model_dir and args.tokenizer == "whitespace":
+        spec = TokenizerSpec("whitespace", _model_dictionary(args.model_dir))
+    elif args.model_dir:
         spec = TokenizerSpec.from_model_dir(args.model_dir)
         for name in (*GPT2_FILES, SPM_FILE):
             if (Path(args.model_dir) / name).is_file():
                 shutil.copyfile(Path(args.model_dir) / name, work / name)
-        dictionary = spec.load().dictionary
     else:
-        dictionary = build_whitespace_dictionary(_train_texts(args))
-    write_dictionary(dictionary, work / "dict.txt")
+        write_dictionary(build_whitespace_dictionary(_train_texts(args)), work / "dict.txt")
+        spec = TokenizerSpec("whitespace", work / "dict.txt")
+    if spec.dict_txt != work / "dict.txt":
+        write_dictionary(spec.load().dictionary, work / "dict.txt")
     for lang in (SOURCE_LANG, TARGET_LANG):  # one dictionary for both sides (BART shares its embeddings)
         shutil.copyfile(work / "dict.txt", work / f"dict.{lang}.txt")
-    return spec if args.model_dir else TokenizerSpec("whitespace", work / "dict.txt")
+    return spec
+
+
+def _model_dictionary(model_dir: str) -> Path:
+    path = Path(model_dir) / "dict.txt"
+    if not path.is_file():
+        raise ValueError(f"--model-dir {model_dir} has no dict.txt; give the pretrained model's directory "
+                         "(what longformer-convert-bart writes)")
+    return path
 
 
 def _train_texts(args) -> Iterator[str]:
@@ -152,11 +164,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--valid", required=True, help="validation split, same format")
     parser.add_argument("--test", help="test split, same format (optional)")
     parser.add_argument("--output", required=True, help="folder for the fairseq binaries (created whole)")
-    which = parser.add_mutually_exclusive_group(required=True)
-    which.add_argument("--model-dir", help="the LED/BART directory whose GPT-2 BPE (encoder.json, vocab.bpe) and "
-                                           "dict.txt tokenize both sides (what longformer-convert-bart writes)")
-    which.add_argument("--tokenizer", choices=["whitespace"],
-                       help="already tokenized text: whitespace tokens, dictionary built from the training split")
+    parser.add_argument("--model-dir", help="the LED/BART directory whose dict.txt and GPT-2 BPE (encoder.json, vocab.bpe) "
+                                             "tokenize both sides (what longformer-convert-bart writes)")
+    parser.add_argument("--tokenizer", choices=["whitespace"],
+                        help="already tokenized text: whitespace tokens, looked up in --model-dir's dict.txt, or "
+                             "without --model-dir in a dictionary built from the training split")
     parser.add_argument("--source-field", default="document", help="JSON field of the document (default: document)")
     parser.add_argument("--target-field", default="summary", help="JSON field of the summary (default: summary)")
     parser.add_argument("--max-source-positions", type=int, default=16384,
@@ -170,7 +182,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> dict:
     logging.basicConfig(format="%(asctime)s | %(levelname)s | %(name)s | %(message)s", level=logging.INFO)
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not (args.model_dir or args.tokenizer):
+        parser.error("give --model-dir DIR (the model's tokenizer and dictionary) or --tokenizer whitespace")
     for flag, value in (("--max-source-positions", args.max_source_positions),
                         ("--max-target-positions", args.max_target_positions)):
         if value < 3:

@@ -62,6 +62,22 @@ def test_whitespace_prep_writes_translation_binaries_with_bos_eos_and_counts_cut
     assert (out / "dict.source.txt").read_text() == (out / "dict.target.txt").read_text()
 
 
+def test_whitespace_tokens_in_a_model_dictionary(tmp_path):
+    """--model-dir with --tokenizer whitespace: a model pretrained on whitespace tokens keeps its ids."""
+    model_dir = tmp_path / "model"
+    model_dir.mkdir()
+    (model_dir / "dict.txt").write_text("".join(f"{w} 1\n" for w in ["dog", "cat", "the", "mat", "on", "ran"]))
+    train = _jsonl(tmp_path / "train.jsonl", RECORDS)
+    out = tmp_path / "bin"
+    prep_summarization.main(["--train", train, "--valid", train, "--output", str(out), "--model-dir", str(model_dir),
+                             "--tokenizer", "whitespace"])
+    model_dictionary = Dictionary.load(str(model_dir / "dict.txt"))
+    dataset = _translation_task(str(out)).dataset("train")
+    assert dataset.src[1].tolist() == [0, model_dictionary.unk(), model_dictionary.index("dog"),
+                                       model_dictionary.index("ran"), 2]  # "a" is not in the model's dictionary
+    assert Dictionary.load(str(out / "dict.source.txt")).symbols == model_dictionary.symbols
+
+
 def test_gpt2_prep_matches_fairseqs_bpe_and_decodes_back(tmp_path):
     model_dir = str(tmp_path / "model")
     bf.train_gpt2_bpe(model_dir)
@@ -88,7 +104,7 @@ def test_gpt2_prep_matches_fairseqs_bpe_and_decodes_back(tmp_path):
     assert {"encoder.json", "vocab.bpe", "dict.txt"} <= set(os.listdir(out))
 
 
-def test_bad_input_is_refused_clearly_and_leaves_nothing(tmp_path):
+def test_bad_input_is_refused_clearly_and_leaves_nothing(tmp_path, capsys):
     good = _jsonl(tmp_path / "good.jsonl", RECORDS)
     out = tmp_path / "bin"
     bad = _jsonl(tmp_path / "bad.jsonl", [{"article": "x", "summary": "y"}])
@@ -99,6 +115,10 @@ def test_bad_input_is_refused_clearly_and_leaves_nothing(tmp_path):
         prep_summarization.main(["--train", good, "--valid", str(tmp_path / "broken.jsonl"), "--output", str(out),
                                  "--tokenizer", "whitespace"])
     assert not out.exists() and not [p for p in os.listdir(tmp_path) if p.startswith(".bin")]
+    with pytest.raises(SystemExit):  # argparse's usage error (exit 2) ...
+        prep_summarization.main(["--train", good, "--valid", good, "--output", str(out)])
+    assert "give --model-dir DIR (the model's tokenizer and dictionary) or --tokenizer whitespace" in \
+        capsys.readouterr().err  # ... names both ways to tokenize
     with pytest.raises(SystemExit, match="--model-dir .* has no dict.txt"):
         prep_summarization.main(["--train", good, "--valid", good, "--output", str(out), "--model-dir", str(tmp_path)])
     prep_summarization.main(["--train", good, "--valid", good, "--output", str(out), "--tokenizer", "whitespace"])
