@@ -168,6 +168,17 @@ def _checkpoint(cfg, model_state: dict, criterion_name: str) -> dict:
     }
 
 
+def run_cli(prog: str, convert) -> None:
+    """A converter's ``main``: log to stderr, turn a ``ConversionError`` into ``prog: error: ...`` and exit 1."""
+    import logging
+
+    logging.basicConfig(format="%(asctime)s | %(levelname)s | %(name)s | %(message)s", level=logging.INFO)
+    try:
+        convert()
+    except ConversionError as err:
+        raise SystemExit(f"{prog}: error: {err}") from None
+
+
 def model_name(model_cfg) -> str | None:
     if isinstance(model_cfg, Namespace):
         return getattr(model_cfg, "_name", None) or getattr(model_cfg, "arch", None)

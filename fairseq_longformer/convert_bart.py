@@ -26,7 +26,7 @@ from fairseq.models.bart import BARTModel
 
 from .conversion import (
     ConversionError, check_output, check_positions, check_windows, converted_cfg, copy_global_projections,
-    extend_positions, load_fairseq_model, model_name, source_positions, write_converted,
+    extend_positions, load_fairseq_model, model_name, run_cli, source_positions, write_converted,
 )
 from .models.longformer_roberta import parse_attention_windows
 
@@ -128,13 +128,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> None:
-    logging.basicConfig(format="%(asctime)s | %(levelname)s | %(name)s | %(message)s", level=logging.INFO)
     args = build_parser().parse_args(argv)
     options = LedConversionOptions(args.max_source_positions, str(args.attention_window))
-    try:
-        convert(args.input, args.output, options, overwrite=args.overwrite)
-    except ConversionError as err:
-        raise SystemExit(f"longformer-convert-bart: error: {err}") from None
+    run_cli("longformer-convert-bart", lambda: convert(args.input, args.output, options, overwrite=args.overwrite))
 
 
 if __name__ == "__main__":

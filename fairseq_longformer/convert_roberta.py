@@ -21,7 +21,7 @@ from fairseq.models.roberta import RobertaModel
 
 from .conversion import (
     ConversionError, check_output, check_positions, check_windows, converted_cfg, copy_global_projections,
-    extend_positions, load_fairseq_model, model_name, source_positions, write_converted,
+    extend_positions, load_fairseq_model, model_name, run_cli, source_positions, write_converted,
 )
 
 logger = logging.getLogger("fairseq_longformer.convert_roberta")
@@ -116,13 +116,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> None:
-    logging.basicConfig(format="%(asctime)s | %(levelname)s | %(name)s | %(message)s", level=logging.INFO)
     args = build_parser().parse_args(argv)
     options = ConversionOptions(args.max_positions, str(args.attention_window), args.position_init, args.seed)
-    try:
-        convert(args.input, args.output, options, overwrite=args.overwrite)
-    except ConversionError as err:
-        raise SystemExit(f"longformer-convert-roberta: error: {err}") from None
+    run_cli("longformer-convert-roberta", lambda: convert(args.input, args.output, options, overwrite=args.overwrite))
 
 
 if __name__ == "__main__":

@@ -14,8 +14,6 @@ import torch
 
 import roberta_fixtures as rf
 from fairseq import options, tasks
-from fairseq.dataclass.utils import convert_namespace_to_omegaconf
-from fairseq.trainer import Trainer
 
 TINY = dict(layers=2, embed_dim=32, ffn_dim=64, heads=4, max_positions=32)
 
@@ -42,13 +40,9 @@ def make_bart_dir(directory: str, legacy: bool = False, seed: int = 0, symbols=N
     args = bart_args(directory, **tiny)
     task = tasks.setup_task(args)
     model = task.build_model(args)
-    generator = torch.Generator().manual_seed(seed)
+    rf.fill_distinct_random(model, seed)
+    padding = task.source_dictionary.pad()
     with torch.no_grad():
-        for name, p in model.named_parameters():
-            p.copy_(torch.randn(p.shape, generator=generator) * (0.3 if "norm" in name else 0.1))
-            if "norm" in name and name.endswith("weight"):
-                p.add_(1.0)
-        padding = task.source_dictionary.pad()
         for part in (model.encoder, model.decoder):
             part.embed_positions.weight[padding].zero_()
         model.encoder.embed_tokens.weight[padding].zero_()
@@ -56,10 +50,7 @@ def make_bart_dir(directory: str, legacy: bool = False, seed: int = 0, symbols=N
     if legacy:
         torch.save(_legacy_checkpoint(args, model.state_dict()), path)
     else:
-        cfg = convert_namespace_to_omegaconf(args)
-        trainer = Trainer(cfg, task, model, task.build_criterion(cfg.criterion))
-        trainer.consolidate_optimizer()  # as fairseq's checkpoint_utils.save_checkpoint does
-        trainer.save_checkpoint(path, {"train_iterator": {"epoch": 1, "iterations_in_epoch": 0, "version": 2}})
+        rf.save_like_fairseq_train(path, args, task, model)
     return directory
 
 

@@ -27,7 +27,7 @@ from fairseq.models.bart.model import BARTModel, bart_base_architecture, bart_la
 from fairseq.utils import safe_getattr
 
 from ..tasks.global_attention import GLOBAL_ATTENTION_MODES, global_attention_mask
-from .longformer_roberta import LongformerTransformerEncoder
+from .longformer_roberta import LongformerTransformerEncoder, add_encoder_attention_args, encoder_attention_defaults
 
 
 def source_global_attention_mask(src_tokens: torch.Tensor, mode: str, eos: int, pad: int) -> torch.Tensor:
@@ -78,11 +78,8 @@ class LongformerBartModel(BARTModel):
 
     @staticmethod
     def add_args(parser):
-        BARTModel.add_args(parser)
-        parser.add_argument("--attention-window", type=str, metavar="W",
-                            help="encoder sliding-window size (total, even): one value or a comma list, one per layer")
-        parser.add_argument("--attention-backend", type=str, metavar="NAME",
-                            help="triton_kernels backend: auto (default), torch, triton or dense")
+        BARTModel.add_args(parser)  # has --checkpoint-activations / --offload-activations
+        add_encoder_attention_args(parser)
         parser.add_argument("--source-global-attention", choices=GLOBAL_ATTENTION_MODES, metavar="MODE",
                             help="source tokens with global attention when the batch gives no mask: cls (the "
                                  "first source token, default), first-segment (up to the first </s>) or none")
@@ -163,14 +160,9 @@ class LongformerBartHubInterface(BARTHubInterface):
 
 
 def _longformer_defaults(args):
-    args.attention_window = safe_getattr(args, "attention_window", "1024")
-    args.attention_backend = safe_getattr(args, "attention_backend", "auto")
+    encoder_attention_defaults(args, "1024")  # paper §7: window 1,024
     args.source_global_attention = safe_getattr(args, "source_global_attention", "cls")
     args.max_source_positions = safe_getattr(args, "max_source_positions", 16384)
-    args.checkpoint_activations = safe_getattr(args, "checkpoint_activations", False)
-    args.offload_activations = safe_getattr(args, "offload_activations", False)
-    if args.offload_activations:
-        args.checkpoint_activations = True
 
 
 @register_model_architecture("longformer_bart", "longformer_bart")
