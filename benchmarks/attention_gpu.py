@@ -4,7 +4,8 @@ Implementations, all on the same [B, H, T, D] q/k/v (B=1, 12 heads, d=64, window
   triton      ours, backend="triton" (fused, tile-skipping, fp32 softmax)
   triton-dil  ours with dilation 2 and 3 on the last 2 heads (the paper's char-LM setting)
   torch       ours, backend="torch" (blocked PyTorch, O(T*w))
-  flex        torch.compile'd FlexAttention with a sliding-window BlockMask
+  flex        torch.compile'd FlexAttention with a sliding-window BlockMask (built by a compiled
+              create_block_mask; one compiled function for the whole sweep, no eager fallback)
   fa2         FlashAttention-2 ``window_size=(w/2, w/2)`` (only if ``flash_attn`` is installed)
   sdpa        dense F.scaled_dot_product_attention with a T x T boolean band mask
 for T = 1K .. 64K, fp16 and bf16, forward ("fwd") and forward+backward ("fwdbwd").
@@ -53,19 +54,43 @@ def make_ours(backend: str, dilated: bool = False):
     return factory
 
 
+_FLEX: dict = {}
+
+
+def _compiled_flex():
+    """One compiled FlexAttention and one compiled block-mask builder for the whole run.
+
+    Every (T, dtype, with-grad) case is a recompile of the same function; past dynamo's recompile
+    limit (8 by default) it would silently fall back to eager FlexAttention and the "flex" rows would
+    time an unfused kernel. So the limit is raised to cover the sweep, and hitting it is an error
+    (the row then says so) rather than a silent fallback.
+    """
+    if not _FLEX:
+        try:
+            from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+        except ImportError as err:
+            raise Unsupported(f"no FlexAttention in this torch ({err})")
+        import torch._dynamo.config as dynamo
+
+        for name in ("recompile_limit", "cache_size_limit"):  # the new name and the old one
+            if hasattr(dynamo, name):
+                setattr(dynamo, name, max(getattr(dynamo, name), 64))
+        if hasattr(dynamo, "fail_on_recompile_limit_hit"):
+            dynamo.fail_on_recompile_limit_hit = True
+        _FLEX["attention"] = torch.compile(flex_attention, dynamic=False)
+        _FLEX["block_mask"] = torch.compile(create_block_mask)
+    return _FLEX["attention"], _FLEX["block_mask"]
+
+
 def make_flex(T, window, heads):
-    try:
-        from torch.nn.attention.flex_attention import create_block_mask, flex_attention
-    except ImportError as err:
-        raise Unsupported(f"no FlexAttention in this torch ({err})")
+    flex_attention, create_block_mask = _compiled_flex()
     half = window // 2
 
     def in_window(b, h, q_idx, kv_idx):
         return (q_idx - kv_idx).abs() <= half
 
     block_mask = create_block_mask(in_window, None, None, T, T, device="cuda")
-    compiled = torch.compile(flex_attention, dynamic=False)
-    return lambda q, k, v: compiled(q, k, v, block_mask=block_mask)
+    return lambda q, k, v: flex_attention(q, k, v, block_mask=block_mask)
 
 
 def make_fa2(T, window, heads):

@@ -120,7 +120,7 @@ def main() -> None:
         for workers, cache in [(w, c) for c in args.bpe_cache_entries for w in args.workers]:
             out = base / f"out-{size:g}mb-w{workers}-c{cache}"
             subprocess.run(["rm", "-rf", str(out)], check=True)
-            cmd = [sys.executable, "-m", "data_prep.corpus.cli", "--out-dir", str(out), "--workers", str(workers),
+            cmd = [sys.executable, "-m", "data_prep.corpus.cli", "--output", str(out), "--workers", str(workers),
                    "--shard-mb", str(args.shard_mb), "--no-progress", "--bpe-cache-entries", str(cache),
                    "--gpt2-encoder-json", str(bpe["encoder_json"]), "--gpt2-vocab-bpe", str(bpe["vocab_bpe"]),
                    "--dict", str(bpe["dict_txt"])]

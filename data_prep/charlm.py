@@ -283,10 +283,11 @@ def binarise(raw_dir: Path, dest: Path, workers: int) -> None:
         "--trainpref", str(raw_dir / "train.txt"), "--validpref", str(raw_dir / "valid.txt"),
         "--testpref", str(raw_dir / "test.txt"), "--destdir", str(dest), "--workers", str(workers),
     ]
-    print("running:", " ".join(cmd), flush=True)
-    result = subprocess.run(cmd)
+    print("binarising with fairseq-preprocess (its log: preprocess.log in --output)", flush=True)
+    result = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     if result.returncode:
-        raise PrepError(f"fairseq-preprocess failed (exit {result.returncode}); see its log above")
+        tail = "\n".join(result.stdout.splitlines()[-30:])
+        raise PrepError(f"fairseq-preprocess failed (exit {result.returncode}): {' '.join(cmd)}\n{tail}")
 
 
 def prepare(args) -> dict:

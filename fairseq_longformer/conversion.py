@@ -1,4 +1,4 @@
-"""What the converters (``longformer-convert-roberta``, ``longformer-convert-bart``) share.
+"""What the converters (``longformer-convert-roberta``, ``longformer-convert-bart``, the HF import/export) share.
 
 Reading the source directory the way fairseq reads it (its task, its model class, ``load_state_dict``
 with fairseq's key upgrades, so released and current checkpoint layouts both work); growing learned
@@ -9,6 +9,7 @@ tokenizer files) atomically.
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 from argparse import Namespace
@@ -30,25 +31,44 @@ class ConversionError(ValueError):
     """The input cannot be converted; the message says why and what to do."""
 
 
-def load_fairseq_model(directory: str, model_class: type, family: str, archs: str):
+def read_checkpoint(path: str, data_dir: str, what: str) -> dict:
+    """A fairseq checkpoint with its ``cfg`` and weights; ``path`` and ``data_dir/dict.txt`` must exist (``what``
+    says what ``--input`` must hold)."""
+    for needed in (path, os.path.join(data_dir, "dict.txt")):
+        if not os.path.isfile(needed):
+            raise ConversionError(f"{needed} not found: --input must be {what}")
+    try:
+        state = checkpoint_utils.load_checkpoint_to_cpu(path)
+    except Exception as err:  # unpickling errors come in many types
+        raise ConversionError(f"{path} is not a readable fairseq checkpoint ({type(err).__name__}: {err})") from err
+    cfg = state.get("cfg")
+    if cfg is None or cfg.get("model") is None or "model" not in state:
+        raise ConversionError(f"{path} has no model config/weights; is it a fairseq model checkpoint?")
+    return state
+
+
+def build_from_checkpoint(state: dict, data_dir: str, path: str):
+    """``(task, model)``: the checkpoint's own config with the dictionary of ``data_dir``, weights loaded strictly."""
+    cfg = state["cfg"]
+    with open_dict(cfg):
+        cfg.task.data = os.path.abspath(data_dir)
+    task = tasks.setup_task(cfg.task)
+    model = task.build_model(cfg.model)
+    try:
+        model.load_state_dict(state["model"], strict=True, model_cfg=cfg.model)
+    except RuntimeError as err:
+        raise ConversionError(f"{path} does not match its own config: {err}") from err
+    return task, model
+
+
+def load_source_model(directory: str, model_class: type, family: str, archs: str):
     """``(cfg, task, model)`` from ``directory/model.pt`` + ``dict.txt``, refusing other model types.
 
     ``family`` ("RoBERTa", "BART") and ``archs`` (e.g. "bart_base/bart_large") word the refusals.
     """
     checkpoint = os.path.join(directory, "model.pt")
-    for path in (checkpoint, os.path.join(directory, "dict.txt")):
-        if not os.path.isfile(path):
-            raise ConversionError(
-                f"{path} not found: --input must be a fairseq {family} directory with model.pt and dict.txt"
-            )
-    try:
-        state = checkpoint_utils.load_checkpoint_to_cpu(checkpoint)
-    except Exception as err:  # unpickling errors come in many types
-        raise ConversionError(f"{checkpoint} is not a readable fairseq checkpoint ({type(err).__name__}: {err})") from err
-    cfg = state.get("cfg")
-    if cfg is None or cfg.get("model") is None or "model" not in state:
-        raise ConversionError(f"{checkpoint} has no model config/weights; is it a fairseq model checkpoint?")
-    name = model_name(cfg.model)
+    state = read_checkpoint(checkpoint, directory, f"a fairseq {family} directory with model.pt and dict.txt")
+    name = model_name(state["cfg"].model)
     from fairseq.models import ARCH_MODEL_REGISTRY
 
     if ARCH_MODEL_REGISTRY.get(name) is not model_class:
@@ -56,15 +76,8 @@ def load_fairseq_model(directory: str, model_class: type, family: str, archs: st
             f"{checkpoint} holds a {name!r} model, not a {family} one (arch {archs}); "
             f"only fairseq {family} checkpoints can be converted"
         )
-    with open_dict(cfg):
-        cfg.task.data = os.path.abspath(directory)
-    task = tasks.setup_task(cfg.task)
-    model = task.build_model(cfg.model)
-    try:
-        model.load_state_dict(state["model"], strict=True, model_cfg=cfg.model)
-    except RuntimeError as err:
-        raise ConversionError(f"{checkpoint} does not match its own {family} config: {err}") from err
-    return cfg, task, model
+    task, model = build_from_checkpoint(state, directory, checkpoint)
+    return state["cfg"], task, model
 
 
 def extend_positions(weight: torch.Tensor, max_positions: int, position_init: str = "copy",
@@ -150,10 +163,10 @@ def write_converted(input_dir: str, output_dir: str, cfg, model_state: dict, cri
             with atomic_file(os.path.join(output_dir, name)) as tmp:
                 shutil.copyfile(source, tmp)
     with atomic_file(os.path.join(output_dir, "model.pt")) as tmp:
-        torch.save(_checkpoint(cfg, model_state, criterion_name), tmp)
+        torch.save(fairseq_checkpoint(cfg, model_state, criterion_name), tmp)
 
 
-def _checkpoint(cfg, model_state: dict, criterion_name: str) -> dict:
+def fairseq_checkpoint(cfg, model_state: dict, criterion_name: str = "MaskedLmLoss") -> dict:
     """A fairseq checkpoint with no optimizer state, at update 0 (load with the --reset-* flags)."""
     return {
         "args": None,
@@ -168,13 +181,11 @@ def _checkpoint(cfg, model_state: dict, criterion_name: str) -> dict:
     }
 
 
-def run_cli(prog: str, convert) -> None:
-    """A converter's ``main``: log to stderr, turn a ``ConversionError`` into ``prog: error: ...`` and exit 1."""
-    import logging
-
+def run_tool(prog: str, action) -> None:
+    """Run a conversion tool's ``action()`` with fairseq's log format; a ConversionError exits with its message."""
     logging.basicConfig(format="%(asctime)s | %(levelname)s | %(name)s | %(message)s", level=logging.INFO)
     try:
-        convert()
+        action()
     except ConversionError as err:
         raise SystemExit(f"{prog}: error: {err}") from None
 

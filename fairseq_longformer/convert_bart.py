@@ -26,7 +26,7 @@ from fairseq.models.bart import BARTModel
 
 from .conversion import (
     ConversionError, check_output, check_positions, check_windows, converted_cfg, copy_global_projections,
-    extend_positions, load_fairseq_model, model_name, run_cli, source_positions, write_converted,
+    extend_positions, load_source_model, model_name, run_tool, source_positions, write_converted,
 )
 from .models.longformer_roberta import parse_attention_windows
 
@@ -45,7 +45,7 @@ class LedConversionOptions:
 
 def load_bart(bart_dir: str):
     """Return ``(cfg, task, BARTModel)`` read from ``bart_dir/model.pt`` and ``dict.txt``."""
-    return load_fairseq_model(bart_dir, BARTModel, "BART", "bart_base/bart_large/mbart_*")
+    return load_source_model(bart_dir, BARTModel, "BART", "bart_base/bart_large/mbart_*")
 
 
 def led_state_dict(bart_state: dict, num_layers: int, options: LedConversionOptions) -> dict:
@@ -130,7 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> None:
     args = build_parser().parse_args(argv)
     options = LedConversionOptions(args.max_source_positions, str(args.attention_window))
-    run_cli("longformer-convert-bart", lambda: convert(args.input, args.output, options, overwrite=args.overwrite))
+    run_tool("longformer-convert-bart", lambda: convert(args.input, args.output, options, overwrite=args.overwrite))
 
 
 if __name__ == "__main__":

@@ -19,9 +19,10 @@ from dataclasses import dataclass
 from fairseq import tasks
 from fairseq.models.roberta import RobertaModel
 
-from .conversion import (
-    ConversionError, check_output, check_positions, check_windows, converted_cfg, copy_global_projections,
-    extend_positions, load_fairseq_model, model_name, run_cli, source_positions, write_converted,
+from .conversion import (  # noqa: F401  ConversionError, build_from_checkpoint, fairseq_checkpoint, read_checkpoint
+    ConversionError, build_from_checkpoint, check_output, check_positions, check_windows, converted_cfg,  # and
+    copy_global_projections, extend_positions, fairseq_checkpoint, load_source_model, model_name,  # run_tool are
+    read_checkpoint, run_tool, source_positions, write_converted,  # also imported from here (hf/, benchmarks)
 )
 
 logger = logging.getLogger("fairseq_longformer.convert_roberta")
@@ -29,7 +30,8 @@ logger = logging.getLogger("fairseq_longformer.convert_roberta")
 POSITIONS_KEY = "encoder.sentence_encoder.embed_positions.weight"
 ARCH_MAP = {"roberta_large": "longformer_roberta_large"}  # everything else -> longformer_roberta_base
 
-__all__ = ["ConversionError", "ConversionOptions", "build_longformer", "convert", "load_roberta", "main"]
+__all__ = ["ConversionError", "ConversionOptions", "build_from_checkpoint", "build_longformer", "convert",
+           "fairseq_checkpoint", "load_roberta", "main", "model_name", "read_checkpoint", "run_tool"]
 
 
 @dataclass
@@ -42,7 +44,7 @@ class ConversionOptions:
 
 def load_roberta(roberta_dir: str):
     """Return ``(cfg, task, RobertaModel)`` read from ``roberta_dir/model.pt`` and ``dict.txt``."""
-    return load_fairseq_model(roberta_dir, RobertaModel, "RoBERTa", "roberta/roberta_base/roberta_large")
+    return load_source_model(roberta_dir, RobertaModel, "RoBERTa", "roberta/roberta_base/roberta_large")
 
 
 def longformer_state_dict(roberta_state: dict, num_layers: int, options: ConversionOptions) -> dict:
@@ -118,7 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> None:
     args = build_parser().parse_args(argv)
     options = ConversionOptions(args.max_positions, str(args.attention_window), args.position_init, args.seed)
-    run_cli("longformer-convert-roberta", lambda: convert(args.input, args.output, options, overwrite=args.overwrite))
+    run_tool("longformer-convert-roberta", lambda: convert(args.input, args.output, options, overwrite=args.overwrite))
 
 
 if __name__ == "__main__":

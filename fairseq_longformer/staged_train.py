@@ -2,13 +2,18 @@
 
 CONFIG is a schedule YAML (``configs/char_lm/{small,large,demo}.yaml``): ``base`` is a complete fairseq
 hydra config and every entry of ``phases`` is merged over it. Each phase runs ``fairseq-hydra-train``
-in a subprocess with its own ``save_dir`` (``SAVE_DIR/<phase name>``). Phase k > 1 starts from phase
-k-1's ``checkpoint_last.pt`` through fairseq's ``--finetune-from-model``, which resets the optimizer,
-LR scheduler, meters and dataloader on the phase's first launch only; later launches resume from the
-phase's own ``checkpoint_last.pt``. So killed and rerun with the same arguments, the runner skips
-finished phases (``phase_done.json``) and continues the running one where it last saved.
+in a subprocess with its own ``save_dir`` (``OUTPUT/<phase name>``, OUTPUT being ``--output``). Phase
+k > 1 starts from phase k-1's ``checkpoint_last.pt`` through fairseq's ``--finetune-from-model``, which
+resets the optimizer, LR scheduler, meters and dataloader on the phase's first launch only; later
+launches resume from the phase's own ``checkpoint_last.pt``. So killed and rerun with the same
+arguments, the runner skips finished phases (``phase_done.json``) and continues the running one where
+it last saved.
 
-Outputs: ``SAVE_DIR/phases.json`` (one object per finished phase) and ``SAVE_DIR/bpc.png``.
+Each phase shows one progress bar (updates, latest train / valid BPC, time left) fed from fairseq's log,
+which goes to ``OUTPUT/<phase>/train.log`` (``--verbose`` also streams it to the terminal); the run ends
+with a table of the phases.
+
+Outputs: ``OUTPUT/phases.json`` (one object per finished phase) and ``OUTPUT/bpc.png``.
 """
 
 from __future__ import annotations
@@ -25,8 +30,10 @@ from pathlib import Path
 from typing import Iterable
 
 from omegaconf import OmegaConf
+from tqdm import tqdm
 
 from data_prep.atomic import atomic_file, write_text_atomic
+from data_prep.flags import add_renamed_flag
 
 PLUGIN_DIR = Path(__file__).absolute().parent
 DONE_FILE = "phase_done.json"
@@ -34,6 +41,7 @@ WALL_FILE = "wall_s.json"
 LOG_FILE = "train.log"
 # Not "config": fairseq's own config dir has a config.yaml that would shadow it on hydra's search path.
 PHASE_CONFIG = "phase_config"
+ERROR_TAIL_LINES = 30  # lines of a failed launch's output shown with the error
 
 
 class ScheduleError(Exception):
@@ -97,6 +105,32 @@ def repair_last_checkpoint(phase_dir: Path) -> None:
 # ------------------------------------------------------------------------------------------- logging
 
 
+def parse_log_line(line: str) -> dict | None:
+    """One line of fairseq's JSON log -> ``{"updates": int | None, "train_bpc": ..., "valid_bpc": ...}``.
+
+    ``train_bpc`` comes from ``train_inner`` lines, ``valid_bpc`` from validation; the update count
+    from whichever of them (or the epoch summary) carries one. None for any other line.
+    """
+    start = line.find("{")
+    if start < 0:
+        return None
+    try:
+        stats = json.loads(line[start:])
+    except json.JSONDecodeError:
+        return None
+    if not isinstance(stats, dict):
+        return None
+    point = {"updates": None, "train_bpc": None, "valid_bpc": None}
+    if "train_inner" in line[:start] and "bpc" in stats:
+        point["train_bpc"] = float(stats["bpc"])
+    elif "valid_bpc" in stats:
+        point["valid_bpc"] = float(stats["valid_bpc"])
+    for key in ("num_updates", "train_num_updates", "valid_num_updates"):
+        if key in stats:  # the last update is logged by validation / epoch end, not always by train_inner
+            point["updates"] = int(stats[key])
+    return point if any(v is not None for v in point.values()) else None
+
+
 def parse_log(log_path: Path) -> dict[str, list]:
     """fairseq's JSON log lines -> sorted train_inner and valid points ``(update, bpc)``.
 
@@ -106,23 +140,61 @@ def parse_log(log_path: Path) -> dict[str, list]:
     points: dict[str, dict] = {"train": {}, "valid": {}, "updates": {}}
     if log_path.exists():
         for line in log_path.read_text(errors="replace").splitlines():
-            start = line.find("{")
-            if start < 0:
+            point = parse_log_line(line)
+            if point is None or point["updates"] is None:
                 continue
-            try:
-                stats = json.loads(line[start:])
-            except json.JSONDecodeError:
-                continue
-            if not isinstance(stats, dict):
-                continue
-            if "train_inner" in line[:start] and "bpc" in stats:
-                points["train"][int(stats["num_updates"])] = float(stats["bpc"])
-            elif "valid_bpc" in stats:
-                points["valid"][int(stats["valid_num_updates"])] = float(stats["valid_bpc"])
-            for key in ("num_updates", "train_num_updates", "valid_num_updates"):
-                if key in stats:  # the last update is logged by validation / epoch end, not always by train_inner
-                    points["updates"][int(stats[key])] = None
+            for kind in ("train", "valid"):
+                if point[f"{kind}_bpc"] is not None:
+                    points[kind][point["updates"]] = point[f"{kind}_bpc"]
+            points["updates"][point["updates"]] = None
     return {kind: sorted(values.items()) for kind, values in points.items()}
+
+
+class PhaseProgress:
+    """One progress bar for a running phase: updates done of ``max_update``, the latest train and valid
+    BPC, elapsed and remaining time. Fed the phase's log lines as fairseq writes them."""
+
+    def __init__(self, name: str, tokens_per_sample, max_update, done: int = 0, file=None):
+        self.bar = tqdm(total=max_update or None, initial=done, desc=f"{name} ({tokens_per_sample} tokens)",
+                        unit="update", dynamic_ncols=True, file=file)
+        self.latest = {"train_bpc": None, "valid_bpc": None}
+
+    def feed(self, line: str) -> None:
+        point = parse_log_line(line)
+        if point is None:
+            return
+        for key in self.latest:
+            if point[key] is not None:
+                self.latest[key] = point[key]
+        postfix = {key.replace("_bpc", " BPC"): f"{value:.3f}" for key, value in self.latest.items()
+                   if value is not None}
+        if postfix:
+            self.bar.set_postfix(postfix, refresh=False)
+        if point["updates"] is not None and point["updates"] != self.bar.n:
+            self.bar.update(point["updates"] - self.bar.n)  # a relaunch may start below the last logged update
+        else:
+            self.bar.refresh()
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def format_duration(seconds: float) -> str:
+    minutes, secs = divmod(round(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m{secs:02d}s" if hours else f"{minutes}m{secs:02d}s"
+
+
+def phase_table(records: list[dict]) -> str:
+    """The finished phases as a small text table (what ``phases.json`` holds, for people)."""
+    rows = [("phase", "seq length", "updates", "train BPC", "valid BPC", "wall time")]
+    for r in records:
+        rows.append((r["name"], str(r["tokens_per_sample"]), str(r["updates"]),
+                     *("-" if r[k] is None else f"{r[k]:.4f}" for k in ("train_bpc", "valid_bpc")),
+                     format_duration(r["wall_s"])))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in
+                                enumerate(zip(row, widths))).rstrip() for row in rows)
 
 
 class WallClock:
@@ -148,7 +220,7 @@ class WallClock:
 
 
 def run_phase(index: int, name: str, config: dict, phase_dir: Path, previous: Path | None,
-              data: str | None, overrides: list[str]) -> dict:
+              data: str | None, overrides: list[str], verbose: bool = False) -> dict:
     phase_dir.mkdir(parents=True, exist_ok=True)
     write_text_atomic(phase_dir / f"{PHASE_CONFIG}.yaml", OmegaConf.to_yaml(OmegaConf.create(config)))
     repair_last_checkpoint(phase_dir)
@@ -168,17 +240,28 @@ def run_phase(index: int, name: str, config: dict, phase_dir: Path, previous: Pa
         command.append(f"checkpoint.finetune_from_model={previous}")
     command += overrides
 
+    log_path = phase_dir / LOG_FILE
     clock = WallClock(phase_dir)
     resumed = (phase_dir / "checkpoint_last.pt").exists()
-    print(f"[staged-train] {name}: {'resuming' if resumed else 'starting'} -> {phase_dir}", flush=True)
-    with open(phase_dir / LOG_FILE, "a") as log:
+    print(f"[staged-train] {name}: {'resuming' if resumed else 'starting'} -> {phase_dir} "
+          f"(fairseq log: {log_path})", flush=True)
+    logged = parse_log(log_path)["updates"]
+    progress = None if verbose else PhaseProgress(
+        name, config["task"].get("tokens_per_sample"), config["optimization"].get("max_update"),
+        done=logged[-1][0] if resumed and logged else 0)
+    launch_lines: list[str] = []  # this launch's output, for the error message
+    with open(log_path, "a") as log:
         process = subprocess.Popen(command, cwd=phase_dir, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                    text=True, bufsize=1)
         try:
             for line in process.stdout:
-                sys.stdout.write(line)
                 log.write(line)
                 log.flush()
+                if verbose:
+                    sys.stdout.write(line)
+                else:
+                    progress.feed(line)
+                    launch_lines = launch_lines[-(ERROR_TAIL_LINES - 1):] + [line]
                 clock.save()
             returncode = process.wait()
         finally:
@@ -186,13 +269,17 @@ def run_phase(index: int, name: str, config: dict, phase_dir: Path, previous: Pa
                 process.terminate()
                 process.wait()
             clock.save(force=True)
+            if progress is not None:
+                progress.close()
     if returncode != 0:
-        raise ScheduleError(f"phase {name} failed (fairseq exit code {returncode}); its log is {phase_dir / LOG_FILE}. "
-                            f"Fix the cause and rerun the same command to resume.")
+        tail = "".join(launch_lines)
+        raise ScheduleError(f"phase {name} failed (fairseq exit code {returncode}); its log is {log_path}"
+                            + (f", ending:\n{tail}" if tail else "")
+                            + "\nFix the cause and rerun the same command to resume.")
     if not (phase_dir / "checkpoint_last.pt").exists():
         raise ScheduleError(f"phase {name} ended without writing {phase_dir / 'checkpoint_last.pt'}")
 
-    points = parse_log(phase_dir / LOG_FILE)
+    points = parse_log(log_path)
     record = {
         "phase": index + 1,
         "name": name,
@@ -246,7 +333,8 @@ def plot(save_dir: Path, phase_dirs: list[tuple[str, Path]]) -> Path:
     return out
 
 
-def run_schedule(config_path: Path, save_dir: Path, data: str | None, overrides: list[str]) -> list[dict]:
+def run_schedule(config_path: Path, save_dir: Path, data: str | None, overrides: list[str],
+                 verbose: bool = False) -> list[dict]:
     base, phases = load_schedule(config_path)
     save_dir = save_dir.resolve()
     save_dir.mkdir(parents=True, exist_ok=True)
@@ -259,7 +347,8 @@ def run_schedule(config_path: Path, save_dir: Path, data: str | None, overrides:
             print(f"[staged-train] {name}: finished earlier, skipped", flush=True)
             record = json.loads(done.read_text())
         else:
-            record = run_phase(index, name, phase_config(base, phase), phase_dir, previous, data, overrides)
+            record = run_phase(index, name, phase_config(base, phase), phase_dir, previous, data, overrides,
+                               verbose)
         records.append(record)
         done_dirs.append((name, phase_dir))
         previous = phase_dir / "checkpoint_last.pt"
@@ -274,29 +363,36 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run a staged (multi-phase) fairseq training schedule; rerun the same command to resume.",
     )
     parser.add_argument("config", help="schedule YAML, e.g. configs/char_lm/small.yaml")
-    parser.add_argument("--data", help="binarised data dir (what longformer-prep-charlm --output wrote)")
-    parser.add_argument("--save-dir", default="checkpoints/staged", help="one sub-folder per phase goes here")
+    add_renamed_flag(parser, "--input", "--data",
+                     help="binarised data dir (what longformer-prep-charlm --output wrote)")
+    add_renamed_flag(parser, "--output", "--save-dir", default="checkpoints/staged",
+                     help="one sub-folder of checkpoints and logs per phase goes here")
+    parser.add_argument("--verbose", action="store_true",
+                        help="stream fairseq's log to the terminal instead of one progress bar per phase "
+                             "(the log is in OUTPUT/<phase>/train.log either way)")
     parser.add_argument("overrides", nargs="*",
                         help="hydra overrides applied to every phase, e.g. dataset.batch_size=4 common.seed=2")
     return parser
 
 
-def run(argv: Iterable[str] | None = None) -> list[dict]:
-    """Parse the command line, run the schedule, return the phase records."""
+def run(argv: Iterable[str] | None = None, show_table: bool = True) -> list[dict]:
+    """Parse the command line, run the schedule, print the phase table, return the phase records."""
     args = build_parser().parse_intermixed_args(argv)
     bad = [o for o in args.overrides if "=" not in o]
     if bad:
         raise SystemExit(f"error: overrides must look like key=value (e.g. dataset.batch_size=4), got {bad}")
-    if args.data is not None and not (Path(args.data) / "dict.txt").is_file():
-        raise SystemExit(f"error: --data {args.data} has no dict.txt; pass the --output directory of "
+    if args.input is not None and not (Path(args.input) / "dict.txt").is_file():
+        raise SystemExit(f"error: --input {args.input} has no dict.txt; pass the --output directory of "
                          f"longformer-prep-charlm")
     # SIGTERM (a scheduler's kill) unwinds like Ctrl-C, so the running fairseq child is stopped too.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     try:
-        records = run_schedule(Path(args.config), Path(args.save_dir), args.data, args.overrides)
+        records = run_schedule(Path(args.config), Path(args.output), args.input, args.overrides, args.verbose)
     except ScheduleError as err:
         raise SystemExit(f"error: {err}") from None
-    print(json.dumps(records, indent=2))
+    if show_table:
+        print(f"\n{phase_table(records)}\n\nPer phase: {Path(args.output) / 'phases.json'}; "
+              f"BPC curves: {Path(args.output) / 'bpc.png'}")
     return records
 
 

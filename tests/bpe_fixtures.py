@@ -48,12 +48,14 @@ def gpt2_encoder(directory: str):
     return get_encoder(os.path.join(directory, "encoder.json"), os.path.join(directory, "vocab.bpe"))
 
 
-def write_bpe_dictionary(directory: str, leave_out: int = 0) -> list[str]:
+def write_bpe_dictionary(directory: str, leave_out: int = 0, every_token: bool = False) -> list[str]:
     """RoBERTa's ``dict.txt`` layout: GPT-2 ids as symbols, most frequent first, with counts.
 
     Frequencies come from encoding the training texts with fairseq's encoder. The ``leave_out`` rarest
     ids that occur are dropped (fairseq then gives ``<unk>`` for them), and ids that never occur are
-    left out as RoBERTa's dictionary leaves them out. Returns the symbols in dictionary order.
+    left out, as a dictionary counted from a corpus leaves them out; ``every_token`` lists those too
+    (count 0, last), as RoBERTa's released dictionary lists every GPT-2 token. Returns the symbols in
+    dictionary order.
     """
     from collections import Counter
 
@@ -61,25 +63,28 @@ def write_bpe_dictionary(directory: str, leave_out: int = 0) -> list[str]:
     counts = Counter(i for text in corpus_texts() for i in encoder.encode(text))
     ranked = [i for i, _ in sorted(counts.items(), key=lambda item: (-item[1], item[0]))]
     kept = ranked[: len(ranked) - leave_out]
+    if every_token:
+        kept += sorted(set(encoder.encoder.values()) - set(counts))
     with open(os.path.join(directory, "dict.txt"), "w", encoding="utf-8") as f:
         for i in kept:
             f.write(f"{i} {counts[i]}\n")
     return [str(i) for i in kept]
 
 
-def make_bpe_roberta_dir(directory: str, leave_out: int = 0, seed: int = 0, **tiny) -> str:
+def make_bpe_roberta_dir(directory: str, leave_out: int = 0, seed: int = 0, every_token: bool = False,
+                         **tiny) -> str:
     """A tiny fairseq RoBERTa over the tiny BPE (``model.pt``, ``dict.txt``, ``encoder.json``, ``vocab.bpe``)."""
     train_gpt2_bpe(directory)
-    symbols = write_bpe_dictionary(directory, leave_out=leave_out)
+    symbols = write_bpe_dictionary(directory, leave_out=leave_out, every_token=every_token)
     rf.make_roberta_dir(directory, seed=seed, symbols=symbols, **tiny)
     return directory
 
 
 def make_bpe_longformer_dir(directory: str, max_positions: int = 128, attention_window: str = "16",
-                            leave_out: int = 0, seed: int = 0, **tiny) -> str:
+                            leave_out: int = 0, seed: int = 0, every_token: bool = False, **tiny) -> str:
     """A tiny ``longformer_roberta`` directory as ``longformer-convert-roberta`` writes it."""
     source = directory.rstrip("/") + "_roberta_source"
-    make_bpe_roberta_dir(source, leave_out=leave_out, seed=seed, **tiny)
+    make_bpe_roberta_dir(source, leave_out=leave_out, seed=seed, every_token=every_token, **tiny)
     convert(source, directory, ConversionOptions(max_positions=max_positions, attention_window=attention_window))
     shutil.rmtree(source)
     return directory

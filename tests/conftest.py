@@ -3,7 +3,8 @@ import os
 import pytest
 import torch
 
-# Triton kernels run on CPU tensors under the interpreter; it must be set before any kernel is defined.
+# Without CUDA the Triton kernels run on CPU tensors under the interpreter (it must be set before any
+# kernel is defined); with CUDA they compile, and tests/test_triton_attention.py puts its tensors there.
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 

@@ -1,12 +1,14 @@
 """Every CPU backend of ``longformer_attention`` against a brute-force per-query loop written here.
 
-The loop enumerates each query's key set straight from DESIGN.md §3 (it shares no code with
-``triton_kernels``), so a bug in the shared mask helper would show up here too.
+The loop enumerates each query's key set straight from the contract in docs/attention.md (it shares no
+code with ``triton_kernels``), so a bug in the shared mask helper would show up here too.
 """
 
 from __future__ import annotations
 
 import math
+import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -121,6 +123,73 @@ def test_padding_rows_are_zero_and_globals_on_padding_count_as_padding():
     assert torch.all(out[0, :, :8].abs().sum(-1) > 0)
 
 
+DOCS = Path(__file__).absolute().parent.parent / "docs" / "attention.md"
+
+
+def documented_worked_examples() -> list[dict[int, tuple[str, set[int]]]]:
+    """The tables of the "Worked example" section of docs/attention.md: query -> (kind, key set)."""
+    text = DOCS.read_text(encoding="utf-8")
+    section = text[text.index("### Worked example"):]
+    section = section[:section.index("\n## ")]
+    tables, rows = [], None
+    for line in section.splitlines():
+        if line.startswith("| query |"):
+            rows = {}
+            tables.append(rows)
+        elif rows is not None and (m := re.fullmatch(r"\| (\d+) \| (\w+) \| (.+) \|", line)):
+            keys = set() if m[3].startswith("none") else {int(j) for j in m[3].split(",")}
+            rows[int(m[1])] = (m[2], keys)
+        elif not line.startswith("|"):
+            rows = None
+    return tables
+
+
+def observed_key_sets(attend, T) -> dict[int, tuple[str, set[int]]]:
+    """Each query's key set, read off the op: with q = 0 every allowed key gets the same weight, and
+    with v = the identity (2 x identity for the global projections) row i of the output is that
+    weight on each key of S(i): 1/|S(i)| for a local query, 2/|S(i)| for a global one, 0 elsewhere."""
+    q = torch.zeros(1, 1, T, T, dtype=torch.float64)
+    k = torch.randn(1, 1, T, T, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    eye = torch.eye(T, dtype=torch.float64)[None, None]
+    out = attend(q, k, eye, q, k, 2 * eye)[0, 0]
+    found = {}
+    for i, row in enumerate(out):
+        keys = {j for j in range(T) if row[j] != 0}
+        if not keys:
+            found[i] = ("padding", keys)
+            continue
+        weight = row[min(keys)].item()
+        kind = "global" if math.isclose(weight * len(keys), 2.0) else "local"
+        expected = (2.0 if kind == "global" else 1.0) / len(keys)
+        assert all(math.isclose(row[j].item(), expected) for j in keys), (i, row)  # each key once
+        found[i] = (kind, keys)
+    return found
+
+
+@pytest.mark.parametrize("backend", BACKENDS + ["brute force"])
+def test_contract_worked_example_matches_the_docs(backend):
+    non_causal, causal = documented_worked_examples()
+    T = 8
+    pad = torch.zeros(1, T, dtype=torch.bool)
+    pad[0, 7] = True
+    glob = torch.zeros(1, T, dtype=torch.bool)
+    glob[0, 3] = True
+
+    def op(*args, **kwargs):
+        if backend == "brute force":
+            return brute_force(*args, **kwargs)
+        return longformer_attention(*args, backend=backend, **kwargs)
+
+    def windowed(q, k, v, qg, kg, vg):
+        return op(q, k, v, 4, 2, key_padding_mask=pad, global_mask=glob, q_global=qg, k_global=kg, v_global=vg)
+
+    def causal_windowed(q, k, v, *_):
+        return op(q, k, v, 2, 2, causal=True, key_padding_mask=pad)
+
+    assert observed_key_sets(windowed, T) == non_causal
+    assert observed_key_sets(causal_windowed, T) == causal
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_full_window_equals_full_attention(backend):
     (q, k, v, *_), _, _ = random_case(2, 3, 15, 8)
@@ -185,6 +254,31 @@ def test_torch_cpu_path_in_many_chunks(monkeypatch, causal):
                                  key_padding_mask=kpm, backend="dense")
     for g, want in zip(got, torch.autograd.grad((dense * upstream).sum(), inputs)):
         torch.testing.assert_close(g, want)
+
+
+@pytest.mark.parametrize("path", ["span", "sdpa"])
+def test_torch_global_tokens_on_both_cpu_paths(monkeypatch, path):
+    # "span": the CPU flash path, one query block per chunk, global keys merged through the log-sum-exp;
+    # "sdpa": the single SDPA call (dropout or GPU) with the global keys appended to every span.
+    import triton_kernels.blocked as blocked
+    if path == "span":
+        monkeypatch.setattr(blocked, "CHUNK_BYTES", 1)
+    else:
+        monkeypatch.setattr(blocked, "use_span_attention", lambda spec, q: False)
+    c = dict(B=3, H=3, T=90, D=3, window=8, dilation=[1, 2, 3], causal=False,
+             padding=[(0, "right", 11), (1, "left", 9), (2, "all", 0)], n_globals=[4, 1, 2])
+    out, (q, k, v), args = run("torch", c)
+    torch.testing.assert_close(out, brute_force(q, k, v, **args))
+    leaves = [q, k, v, args["q_global"], args["k_global"], args["v_global"]]
+    for t in leaves:
+        t.requires_grad_()
+    upstream = torch.randn(out.shape, dtype=out.dtype, generator=torch.Generator().manual_seed(1))
+    grads = {}
+    for backend in BACKENDS:
+        result = longformer_attention(q, k, v, backend=backend, **args)
+        grads[backend] = torch.autograd.grad((result * upstream).sum(), leaves)
+    for got, want in zip(grads["torch"], grads["dense"]):
+        torch.testing.assert_close(got, want)
 
 
 @pytest.mark.parametrize("causal", [False, True])

@@ -45,7 +45,7 @@ def gpt2_args(raw) -> list[str]:
 
 
 def run_cli(raw, out: Path, *extra: str) -> Path:
-    main(source_args(raw) + gpt2_args(raw) + ["--out-dir", str(out), "--no-progress", "--shard-docs", "4", *extra])
+    main(source_args(raw) + gpt2_args(raw) + ["--output", str(out), "--no-progress", "--shard-docs", "4", *extra])
     return out / "data-bin"
 
 
@@ -286,7 +286,7 @@ def test_bad_options_get_clear_errors(raw, tmp_path, bad, message):
 def test_swapped_gpt2_files_are_refused(raw, tmp_path):
     bpe = raw["bpe"]
     args = source_args(raw) + ["--gpt2-encoder-json", str(bpe["vocab_bpe"]), "--gpt2-vocab-bpe",
-                               str(bpe["encoder_json"]), "--dict", str(bpe["dict_txt"]), "--out-dir", str(tmp_path)]
+                               str(bpe["encoder_json"]), "--dict", str(bpe["dict_txt"]), "--output", str(tmp_path)]
     with pytest.raises(SystemExit, match="encoder.json"):
         main(args)
 
@@ -296,10 +296,10 @@ def test_swapped_gpt2_files_are_refused(raw, tmp_path):
 
 def test_sentencepiece_trained_then_given_give_the_same_corpus(raw, tmp_path):
     common = source_args(raw) + ["--no-progress", "--fraction", "realnews=1", "--keep-longer-than", "realnews=0"]
-    main(common + ["--train-spm", "--spm-vocab-size", "300", "--out-dir", str(tmp_path / "a")])
+    main(common + ["--train-spm", "--spm-vocab-size", "300", "--output", str(tmp_path / "a")])
     trained = tmp_path / "a" / "data-bin"
     assert (trained / "spm.model").exists()
-    main(common + ["--spm-model", str(trained / "spm.model"), "--out-dir", str(tmp_path / "b")])
+    main(common + ["--spm-model", str(trained / "spm.model"), "--output", str(tmp_path / "b")])
     given = tmp_path / "b" / "data-bin"
     assert (given / "train.bin").read_bytes() == (trained / "train.bin").read_bytes()
 

@@ -1,6 +1,7 @@
 """The one per-layer option parser shared by every model."""
 
 import pytest
+from omegaconf import OmegaConf
 
 from fairseq_longformer.modules.per_layer import per_layer
 
@@ -10,7 +11,8 @@ def test_one_value_applies_to_every_layer(value):
     assert per_layer(value, 3) == [64, 64, 64]
 
 
-@pytest.mark.parametrize("value", ["16,32,64", "[16, 32, 64]", [16, 32, 64], ("16", "32", "64")])
+@pytest.mark.parametrize("value", ["16,32,64", "[16, 32, 64]", [16, 32, 64], ("16", "32", "64"),
+                                   OmegaConf.create([16, 32, 64])])
 def test_one_value_per_layer_in_every_spelling(value):
     assert per_layer(value, 3) == [16, 32, 64]
 

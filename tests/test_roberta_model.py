@@ -143,3 +143,62 @@ def test_task_puts_per_token_global_mask_in_net_input(tmp_path):
         LongformerMaskedLMTask.setup_task(
             LongformerMaskedLMConfig(data=data, tokens_per_sample=32, seed=1, global_attention_symbols="[CLS]")
         )
+
+
+def test_global_queries_are_projected_only_where_the_op_reads_them():
+    """The module projects Qg at the global tokens only; the result and the gradients are those of the
+    op fed the full projection (what the module computed before)."""
+    from fairseq_longformer.modules.layout import merge_heads, split_heads
+    from fairseq_longformer.modules.longformer_self_attention import (
+        GLOBAL_PROJECTIONS, LOCAL_PROJECTIONS, LongformerSelfAttention)
+    from triton_kernels import longformer_attention
+
+    attention = LongformerSelfAttention(16, 4, attention_window=4, backend="dense").double()
+    x = torch.randn(13, 2, 16, dtype=torch.float64, requires_grad=True)
+    padding = torch.zeros(2, 13, dtype=torch.bool)
+    padding[1, 10:] = True
+    glob = torch.zeros(2, 13, dtype=torch.bool)
+    glob[0, [0, 7]] = True
+    glob[1, 3] = True
+    upstream = torch.randn(13, 2, 16, dtype=torch.float64)
+
+    def gradients(out):
+        params = [x, attention.q_global.weight, attention.k_global.weight, attention.q_proj.weight]
+        return torch.autograd.grad((out * upstream).sum(), params)
+
+    got = attention(x, key_padding_mask=padding, global_mask=glob)
+    projections = {n: split_heads(getattr(attention, n)(x), 4) for n in LOCAL_PROJECTIONS + GLOBAL_PROJECTIONS}
+    expected = attention.out_proj(merge_heads(longformer_attention(
+        *(projections[n] for n in LOCAL_PROJECTIONS), 4, key_padding_mask=padding, global_mask=glob,
+        backend="dense", **{n: projections[n] for n in GLOBAL_PROJECTIONS})))
+    torch.testing.assert_close(got, expected)
+    for a, b in zip(gradients(got), gradients(expected)):
+        torch.testing.assert_close(a, b)
+
+
+def test_the_global_path_asks_the_host_once_per_forward_not_per_layer(model_dir):
+    """Data-dependent host syncs (``bool``/``nonzero``/``item``...) of the encoder and its layers, with the
+    dense op (which has none of its own): the same count for 1 layer as for 2."""
+    from torch.overrides import TorchFunctionMode
+
+    syncing = {"__bool__", "nonzero", "item", "tolist", "__int__", "__float__"}
+
+    class CountSyncs(TorchFunctionMode):
+        count = 0
+
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            CountSyncs.count += getattr(func, "__name__", "") in syncing
+            return func(*args, **(kwargs or {}))
+
+    model = rf.load_longformer(model_dir).eval()
+    for layer in model.encoder.sentence_encoder.layers:
+        layer.self_attn.backend = "dense"
+    tokens, global_mask, _ = _batch()
+    counts = []
+    for n_layers in (2, 1):
+        del model.encoder.sentence_encoder.layers[n_layers:]
+        CountSyncs.count = 0
+        with torch.no_grad(), CountSyncs():
+            _features(model, tokens, global_mask)
+        counts.append(CountSyncs.count)
+    assert counts[0] == counts[1] and counts[0] <= 3, counts

@@ -57,8 +57,8 @@ def data_dir(tmp_path_factory):
 
 
 def runner_command(schedule, data, save_dir):
-    return [sys.executable, "-m", "fairseq_longformer.staged_train", str(schedule), "--data", str(data),
-            "--save-dir", str(save_dir)]
+    return [sys.executable, "-m", "fairseq_longformer.staged_train", str(schedule), "--input", str(data),
+            "--output", str(save_dir)]
 
 
 def test_killed_run_resumes_and_eval_lm_scores_it(tmp_path, data_dir, monkeypatch):
@@ -88,6 +88,11 @@ def test_killed_run_resumes_and_eval_lm_scores_it(tmp_path, data_dir, monkeypatc
     assert second.returncode == 0, second.stdout[-3000:]
     assert "p1: finished earlier, skipped" in second.stdout
     assert "p2: resuming" in second.stdout
+    # fairseq's log went to train.log, not the terminal: one progress bar, then the phase table
+    assert "train_inner" not in second.stdout + second.stderr and "p2 (64 tokens)" in second.stderr
+    assert "200/200" in second.stderr
+    table = second.stdout[second.stdout.index("phase  seq length"):].splitlines()
+    assert [row.split()[:3] for row in table[1:3]] == [["p1", "32", "10"], ["p2", "64", "200"]]
     assert (save / "p1" / "phase_done.json").read_text() == p1_done
     assert (save / "p1" / "train.log").read_text() == p1_log  # phase 1 did not run again
     p2_log = (save / "p2" / "train.log").read_text()
@@ -136,8 +141,8 @@ def test_bad_schedule_is_refused(tmp_path, data_dir):
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump({"base": {}, "phases": [{"name": "a"}, {"name": "a"}]}))
     with pytest.raises(SystemExit, match="unique"):
-        staged_train.main([str(bad), "--data", str(data_dir)])
+        staged_train.main([str(bad), "--input", str(data_dir)])
     with pytest.raises(SystemExit, match="does not exist"):
-        staged_train.main([str(tmp_path / "missing.yaml"), "--data", str(data_dir)])
+        staged_train.main([str(tmp_path / "missing.yaml"), "--input", str(data_dir)])
     with pytest.raises(SystemExit, match="no dict.txt"):
-        staged_train.main([str(bad), "--data", str(tmp_path)])
+        staged_train.main([str(bad), "--input", str(tmp_path)])

@@ -57,9 +57,9 @@ def longformer_attention(
     """Longformer attention: sliding window (optionally dilated per head or causal) plus global tokens.
 
     Tensors are ``[B, H, T, D]``; ``q`` is not pre-scaled. The key set of each query is defined in
-    DESIGN.md §3. A token marked both global and padding counts as padding. Passing ``global_mask``
-    (even one with no ``True``) asks for the global path and so needs ``q_global``, ``k_global`` and
-    ``v_global``; pass ``None`` when no token is global.
+    docs/attention.md ("The contract"). A token marked both global and padding counts as padding.
+    Passing ``global_mask`` (even one with no ``True``) asks for the global path and so needs
+    ``q_global``, ``k_global`` and ``v_global``; pass ``None`` when no token is global.
     """
     spec = _validate(
         q, k, v, window, dilation, causal, key_padding_mask, global_mask,

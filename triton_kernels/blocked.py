@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from .api import AttentionSpec
-from .masks import band, in_window, reach
+from .masks import band, global_positions, in_window, reaches
 
 # Query block length. Spans cost (b + 2*reach) keys per block for 2*reach + 1 useful ones; smaller
 # blocks waste less but give SDPA smaller matmuls. Measured on CPU (benchmarks/attention_cpu.py).
@@ -83,10 +83,7 @@ class _GlobalTokens:
 
     @classmethod
     def gather(cls, global_mask: torch.Tensor) -> "_GlobalTokens":
-        count = int(global_mask.sum(dim=1).max())
-        # A stable sort puts each row's global positions first, in order.
-        index = torch.argsort((~global_mask).to(torch.int8), dim=1, stable=True)[:, :count]
-        return cls(index, global_mask.gather(1, index))
+        return cls(*global_positions(global_mask))
 
     def take(self, x: torch.Tensor) -> torch.Tensor:
         """``[B, H, T, D] -> [B, H, G, D]`` at the global positions."""
@@ -127,8 +124,8 @@ class _Blocking:
     def __init__(self, T: int, d: int, window: int, causal: bool):
         self.T, self.S, self.n = T, d, math.ceil(T / d)
         # Keys further than n - 1 away don't exist: cap the reach so short sequences pay nothing extra.
-        self.before = min(reach(window, causal), self.n - 1)
-        self.after = 0 if causal else self.before
+        before, after = reaches(window, causal)
+        self.before, self.after = min(before, self.n - 1), min(after, self.n - 1)
         self.window = self.before if causal else 2 * self.before  # in residue-sequence steps
         self.causal = causal
         self.block = min(self.n, max(MIN_BLOCK, min(MAX_BLOCK, self.before)))
@@ -238,28 +235,37 @@ def _group_attention(q_rows, k_rows, v_rows, blocking: _Blocking, spec: Attentio
     query_pad = per_block(~key_ok[..., None], True)[..., 0]  # [N, block]
     allowed = band(block, span, b.window, b.causal).to(q_rows.device)
 
+    extra_ok = None
+    if extra is not None:
+        # Global keys already inside the query's window are scored there; don't count them twice.
+        delta = position[None, :, :, None] - globals_.index[:, None, None, :]  # [B, S, n, G]
+        extra_ok = per_block(globals_.valid[:, None, None, :] & ~in_window(delta, spec.window, S, spec.causal), False)
+
     # Heads sit in the attention head dim so the [N, 1, block, keys] mask broadcasts over them.
-    if extra is None and spec.dropout_p == 0.0 and q_rows.device.type == "cpu":
-        out = _SpanAttention.apply(queries, k_rows, v_rows, allowed, span_ok, query_pad, block, spec.scale)
+    if use_span_attention(spec, q_rows):
+        global_kv = extra if extra is not None else (None, None)
+        out = _SpanAttention.apply(queries, k_rows, v_rows, allowed, span_ok, query_pad, block, spec.scale,
+                                   *global_kv, extra_ok)
     else:
         mask = allowed & span_ok[:, None, :]
         keys, values = _spans(k_rows, N, Hg, span, block), _spans(v_rows, N, Hg, span, block)
         if extra is not None:
-            # Global keys already inside the query's window are scored there; don't count them twice.
-            delta = position[None, :, :, None] - globals_.index[:, None, None, :]  # [B, S, n, G]
-            extra_mask = globals_.valid[:, None, None, :] & ~in_window(delta, spec.window, S, spec.causal)
-
             def with_extra(spans, x):  # the G global keys join every block's span (this copies the spans)
                 x = x[:, :, None, None].expand(B, Hg, S, b.blocks, *x.shape[-2:]).permute(0, 2, 3, 1, 4, 5)
                 return torch.cat([spans, x.reshape(N, Hg, -1, D)], dim=-2)
 
             keys, values = with_extra(keys, extra[0]), with_extra(values, extra[1])
-            mask = torch.cat([mask, per_block(extra_mask, False)], dim=-1)
+            mask = torch.cat([mask, extra_ok], dim=-1)
         out = F.scaled_dot_product_attention(
             queries, keys, values, attn_mask=(mask | query_pad[:, :, None])[:, None], dropout_p=spec.dropout_p,
             scale=spec.scale,
         )  # [N, Hg, block, D]
     return out.transpose(1, 2).reshape(B * S * n_pad, Hg, D)
+
+
+def use_span_attention(spec: AttentionSpec, q: torch.Tensor) -> bool:
+    """Whether ``_SpanAttention`` (CPU flash calls, own backward) runs instead of one SDPA call under autograd."""
+    return spec.dropout_p == 0.0 and q.device.type == "cpu"
 
 
 def _spans(rows: torch.Tensor, N: int, Hg: int, span: int, block: int) -> torch.Tensor:
@@ -281,6 +287,12 @@ class _SpanAttention(torch.autograd.Function):
     gradients per span (``span / block`` times the size of k), so done for every block at once they
     would be the largest tensors of the whole op. Blocks whose keys and queries are all real share
     one ``[block, span]`` band mask; only the others (sequence ends, padding) get masks of their own.
+
+    Global keys (``global_keys``/``global_values`` ``[B, Hg, G, D]``, ``global_ok`` ``[N, block, G]``)
+    join every query's softmax without being copied into the spans: their few scores are computed
+    apart (``_GlobalKeys``) and merged with the flash output through the log-sum-exp. The backward
+    hands the flash kernel the merged output and log-sum-exp, which makes it return exactly the span
+    part of the joint softmax's gradient.
     """
 
     @staticmethod
@@ -293,34 +305,85 @@ class _SpanAttention(torch.autograd.Function):
         return keys, values, masks, masks.chunks(Hg * span * D * queries.element_size())
 
     @staticmethod
-    def forward(ctx, queries, key_rows, value_rows, allowed, span_ok, query_pad, block, scale):
+    def forward(ctx, queries, key_rows, value_rows, allowed, span_ok, query_pad, block, scale,
+                global_keys=None, global_values=None, global_ok=None):
         keys, values, masks, chunks = _SpanAttention._chunked(
             queries, key_rows, value_rows, allowed, span_ok, query_pad, block)
+        globals_ = None if global_keys is None else _GlobalKeys(global_keys, global_values, global_ok, scale)
         outs, lses = [], []
         for chunk in chunks:
             out, lse = _flash(queries[chunk], keys[chunk], values[chunk], attn_mask=masks[chunk], scale=scale)
+            if globals_ is not None:
+                out, lse = globals_.merge(queries[chunk], out, lse, chunk)
             outs.append(out)
             lses.append(lse)
         out, lse = (outs[0], lses[0]) if len(outs) == 1 else (torch.cat(outs), torch.cat(lses))
-        ctx.save_for_backward(queries, key_rows, value_rows, allowed, span_ok, query_pad, out, lse)
+        ctx.save_for_backward(queries, key_rows, value_rows, allowed, span_ok, query_pad, out, lse,
+                              global_keys, global_values, global_ok)
         ctx.block, ctx.scale = block, scale
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
-        queries, key_rows, value_rows, allowed, span_ok, query_pad, out, lse = ctx.saved_tensors
+        (queries, key_rows, value_rows, allowed, span_ok, query_pad, out, lse,
+         global_keys, global_values, global_ok) = ctx.saved_tensors
         block = ctx.block
         keys, values, masks, chunks = _SpanAttention._chunked(
             queries, key_rows, value_rows, allowed, span_ok, query_pad, block)
+        globals_ = None if global_keys is None else _GlobalKeys(global_keys, global_values, global_ok, ctx.scale)
         grad_q = torch.empty_like(queries)
         grad_key_rows, grad_value_rows = torch.zeros_like(key_rows), torch.zeros_like(value_rows)
         for chunk in chunks:
+            # With the merged out and lse, the kernel's P = exp(S - lse) is the span part of the joint softmax.
             grad_q[chunk], grad_keys, grad_values = _flash_backward(
                 grad_out[chunk], queries[chunk], keys[chunk], values[chunk], out[chunk], lse[chunk], 0.0, False,
                 attn_mask=masks[chunk], scale=ctx.scale)
             _fold_into(grad_key_rows, grad_keys, chunk.start, block)
             _fold_into(grad_value_rows, grad_values, chunk.start, block)
-        return grad_q, grad_key_rows, grad_value_rows, None, None, None, None, None
+            if globals_ is not None:
+                grad_q[chunk] += globals_.backward(grad_out[chunk], queries[chunk], out[chunk], lse[chunk], chunk)
+        grad_globals = (None, None) if globals_ is None else (globals_.grad_keys, globals_.grad_values)
+        return (grad_q, grad_key_rows, grad_value_rows, None, None, None, None, None) + grad_globals + (None,)
+
+
+class _GlobalKeys:
+    """The ``G`` global keys every query block sees besides its span, scored apart from the flash call.
+
+    Query block ``i`` belongs to batch row ``i // (N / B)``; a chunk's blocks take their row's keys.
+    """
+
+    def __init__(self, keys, values, ok, scale):
+        self.keys, self.values, self.ok, self.scale = keys, values, ok, scale  # [B, Hg, G, D] x2, [N, block, G]
+        self.blocks_per_row = ok.shape[0] // keys.shape[0]
+        self.grad_keys = self.grad_values = None
+
+    def _for(self, chunk: slice):
+        rows = torch.arange(chunk.start, chunk.stop, device=self.keys.device) // self.blocks_per_row
+        return rows, self.keys.index_select(0, rows), self.values.index_select(0, rows)
+
+    def _scores(self, queries, keys, chunk):  # [n, Hg, block, G], -inf where a key is not seen
+        scores = torch.matmul(queries, keys.transpose(-1, -2)) * self.scale
+        return scores.masked_fill_(~self.ok[chunk][:, None], float("-inf"))
+
+    def merge(self, queries, out, lse, chunk):
+        """Fold the global keys into a chunk's flash ``out``/``lse`` (the span softmax) -> the joint ones."""
+        _, keys, values = self._for(chunk)
+        scores = self._scores(queries, keys, chunk)
+        joint = torch.logaddexp(lse, torch.logsumexp(scores, dim=-1))  # lse is never -inf: a query sees itself
+        out = out * torch.exp(lse - joint)[..., None] + torch.matmul(torch.exp(scores - joint[..., None]), values)
+        return out, joint
+
+    def backward(self, grad_out, queries, out, lse, chunk) -> torch.Tensor:
+        """Gradients of the global keys' part of a chunk; returns the queries' share, keeps the keys'."""
+        rows, keys, values = self._for(chunk)
+        probs = torch.exp(self._scores(queries, keys, chunk) - lse[..., None])  # [n, Hg, block, G]
+        grad_scores = probs * (torch.matmul(grad_out, values.transpose(-1, -2))
+                               - (grad_out * out).sum(dim=-1, keepdim=True))
+        if self.grad_keys is None:
+            self.grad_keys, self.grad_values = torch.zeros_like(self.keys), torch.zeros_like(self.values)
+        self.grad_values.index_add_(0, rows, torch.matmul(probs.transpose(-1, -2), grad_out))
+        self.grad_keys.index_add_(0, rows, torch.matmul(grad_scores.transpose(-1, -2), queries) * self.scale)
+        return torch.matmul(grad_scores, keys) * self.scale
 
 
 # Bytes of span gradients (per tensor) one chunk may produce; about a last-level cache's worth.

@@ -1,10 +1,18 @@
 """Compile every Triton kernel ahead of time for a GPU architecture, with no GPU present.
 
 The CPU interpreter (TRITON_INTERPRET=1) checks the kernels' arithmetic but not that they compile;
-this builds real cubins with the ptxas bundled in the triton wheel and reports registers and
-spills (stack bytes) per kernel, which is how the default tile sizes were chosen.
+this builds real cubins with the ptxas bundled in the triton wheel and reports, per kernel, registers
+per thread, spills (stack bytes) and shared memory, which is how the default tile sizes were chosen.
 
-    TRITON_INTERPRET=0 python -m triton_kernels.triton_aot --arch 90 --dtype fp16 bf16
+The launches are not described by hand: each case below runs the op's own host code
+(``triton_attention._forward`` and ``_backward``) on CPU tensors of its shape, dtype and layout with
+kernel launches recorded instead of run, and builds each recorded launch the way the JIT would: the
+JIT's own argument specialisation (16-byte aligned pointers, integers divisible by 16, strides of 1
+folded to constants), the same constexprs, tiles and warps. So what is built is what a GPU would
+launch for that call.
+
+    TRITON_INTERPRET=0 python -m triton_kernels.triton_aot --arch 90                 # every case
+    TRITON_INTERPRET=0 python -m triton_kernels.triton_aot --cases d64-bf16 charlm   # some of them
 
 Must run with TRITON_INTERPRET unset or 0 (set before triton_kernels is imported).
 """
@@ -12,68 +20,182 @@ Must run with TRITON_INTERPRET unset or 0 (set before triton_kernels is imported
 from __future__ import annotations
 
 import argparse
-import inspect
+import contextlib
 import os
 import re
 import subprocess
 import sys
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-_POINTERS_INPUT = {"Q", "K", "V", "O", "Out", "QG", "KG", "VG", "DO", "DQ", "DK", "DV", "DQG", "DKG", "DVG"}
-_POINTERS_F32 = {"Lse", "Delta", "KeyBias", "PadBias", "OPart", "MPart", "LPart", "DQPart", "DKPart", "DVPart"}
-_POINTERS_I32 = {"GIdx", "GCount", "Plan", "NTiles", "Dil"}
-_FLOAT_SCALARS = {"qk_scale", "sm_scale", "p_drop"}
+# Shared memory one thread block may use, by compute capability (CUDA C Programming Guide, "Technical
+# Specifications per Compute Capability": 227 KB on 9.0, 163 KB on 8.0, 99 KB on 8.6/8.9).
+MAX_SHARED_BYTES = {80: 163 * 1024, 86: 99 * 1024, 89: 99 * 1024, 90: 227 * 1024}
+
+
+@dataclass(frozen=True)
+class Case:
+    """One call of the op whose launches get built: the shapes and options production uses."""
+
+    name: str
+    dtype: str  # "fp16", "bf16", "fp32"
+    head_dim: int = 64
+    precision: str = "tf32"  # tl.dot input precision of float32 inputs ("ieee" is torch's default)
+    dropout: float = 0.0
+    causal: bool = False
+    window: int = 512
+    dilation: tuple[int, ...] = (1,) * 10 + (2, 3)
+    seq_len: int = 4096
+    token_major: bool = False  # inputs are [T, B, H, D] storage seen as [B, H, T, D] (fairseq modules)
+    padding: bool = True
+    n_global: int = 2
+    note: str = field(default="", compare=False)
+
+
+def _cases() -> list[Case]:
+    cases = []
+    for dtype, precision in (("fp16", "tf32"), ("bf16", "tf32"), ("fp32", "ieee"), ("fp32", "tf32")):
+        for dropout in (0.0, 0.1):
+            tag = f"d64-{dtype}" + (f"-{precision}" if dtype == "fp32" else "") + ("-dropout" if dropout else "")
+            cases.append(Case(tag, dtype, precision=precision, dropout=dropout,
+                              note="head_dim 64, window 512, dilation on 2 heads, padding and 2 global tokens"))
+    # The small char-LM (configs/char_lm/small.yaml): 8 heads of 64 + 64 relative dims = 128, causal,
+    # dilation 2-4 on the last 2 heads of the upper layers, --fp16, phase 2's 4,096 tokens.
+    for dropout in (0.0, 0.2):
+        cases.append(Case("charlm" + ("-dropout" if dropout else ""), "fp16", head_dim=128, dropout=dropout,
+                          causal=True, dilation=(1,) * 6 + (4, 4), padding=False, n_global=0,
+                          note="char-LM: head_dim 128, causal, window 512, dilation 4 on 2 of 8 heads"))
+    # longformer_roberta_base masked-LM pretraining: [T, B, H, D] views, no global token, dropout 0.1.
+    cases.append(Case("roberta-dropout", "fp16", dropout=0.1, dilation=(1,) * 12, token_major=True, padding=False,
+                      n_global=0, note="RoBERTa-base MLM: [T, B, H, D] input, window 512, attention dropout 0.1"))
+    return cases
+
+
+CASES = {case.name: case for case in _cases()}
 
 
 @dataclass
 class Build:
     kernel: str
-    dtype: str
-    dropout: bool
+    case: str
     registers: int | None
     stack_bytes: int | None
+    shared_bytes: int
 
 
-def _kernels(head_dim: int, dtype: str):
-    from . import triton_global as G
-    from . import triton_local as L
-    from .triton_attention import default_config
+@dataclass
+class _Launch:
+    kernel: object  # triton JITFunction
+    args: tuple
+    kwargs: dict
+    compiled: object = None  # the CompiledKernel that ran, where launches were run
 
+
+@contextlib.contextmanager
+def _recorded_launches(run: bool = False):
+    """Inside the block every ``kernel[grid](...)`` is recorded; it is also run (and its compiled
+    kernel kept) only if ``run``."""
+    from triton.runtime.jit import JITFunction
+
+    launches: list[_Launch] = []
+    original = JITFunction.run
+
+    def record(self, *args, grid, warmup, **kwargs):
+        launches.append(_Launch(self, args, kwargs))
+        if run:
+            launches[-1].compiled = original(self, *args, grid=grid, warmup=warmup, **kwargs)
+            return launches[-1].compiled
+
+    JITFunction.run = record
+    try:
+        yield launches
+    finally:
+        JITFunction.run = original
+
+
+def _inputs(case: Case, device: str):
+    """q, k, v, q_global, k_global, v_global (None without globals), padding and global masks."""
     import torch
 
-    torch_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[dtype]
-    cfg = default_config(torch.device("cuda"), head_dim, torch_dtype)
-    fwd = dict(BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, num_warps=cfg.num_warps)
-    bwd = dict(BLOCK_M=cfg.bwd_block_m, BLOCK_N=cfg.bwd_block_n, num_warps=cfg.bwd_num_warps)
-    return [
-        (L.local_fwd_kernel, dict(HAS_BIAS=True, HAS_GLOBAL=True), fwd),
-        (L.local_bwd_dq_kernel, dict(HAS_BIAS=True, HAS_GLOBAL=True), bwd),
-        (L.local_bwd_dkdv_kernel, dict(HAS_BIAS=True), bwd),
-        (G.global_fwd_kernel, dict(HAS_PAD=True), fwd),
-        (G.global_bwd_dq_kernel, dict(HAS_PAD=True), bwd),
-        (G.global_bwd_dkdv_kernel, dict(HAS_PAD=True), bwd),
-        (G.global_keys_bwd_kernel, {}, bwd),
-        (L.row_dot_kernel, {}, dict(BLOCK_M=64, BLOCK_N=0, num_warps=4)),
-    ], cfg.num_stages
+    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[case.dtype]
+    B, H, T, D = 1, len(case.dilation), case.seq_len, case.head_dim
+
+    def tensor():
+        shape = (T, B, H, D) if case.token_major else (B, H, T, D)
+        x = torch.randn(shape, dtype=dtype, device=device)
+        return (x.permute(1, 2, 0, 3) if case.token_major else x).requires_grad_()
+
+    pad = glob = None
+    if case.padding:
+        pad = torch.zeros(B, T, dtype=torch.bool, device=device)
+        pad[:, T - 100:] = True
+    if case.n_global:
+        glob = torch.zeros(B, T, dtype=torch.bool, device=device)
+        glob[:, :case.n_global] = True
+    projections = (tensor(), tensor(), tensor()) if case.n_global else (None, None, None)
+    return (tensor(), tensor(), tensor(), *projections, pad, glob)
 
 
-def _signature(fn, dtype: str, constexprs: dict) -> dict:
-    sig = {}
-    for name in inspect.signature(fn.fn).parameters:
-        if name in constexprs:
-            sig[name] = "constexpr"
-        elif name in _POINTERS_INPUT:
-            sig[name] = "*" + dtype
-        elif name in _POINTERS_F32:
-            sig[name] = "*fp32"
-        elif name in _POINTERS_I32:
-            sig[name] = "*i32"
-        elif name in _FLOAT_SCALARS:
-            sig[name] = "fp32"
-        else:
-            sig[name] = "i32"
-    return sig
+def _launches(case: Case) -> list[_Launch]:
+    """Run the op's forward and backward host code for ``case`` on CPU tensors; the kernel launches."""
+    import torch
+
+    from . import triton_attention as ta
+
+    q, k, v, qg, kg, vg, pad, glob = _inputs(case, "cpu")
+    config = ta.default_config(torch.device("cuda"), case.head_dim, q.dtype)
+    statics = ta._Statics(case.window, case.dilation, case.causal, case.head_dim ** -0.5, case.dropout, 1234,
+                          tuple(ta.dataclasses.astuple(config)), case.precision)
+    plan = ta._Plan.build(q, pad, glob, statics)
+    lse = torch.zeros(q.shape[:3], dtype=torch.float32)
+    with torch.no_grad(), _recorded_launches() as launches:
+        out, _ = ta._forward(plan, q, k, v, qg, kg, vg)
+        ta._backward(plan, torch.zeros_like(out), q, k, v, qg, kg, vg, out, lse)
+    return launches
+
+
+def jit_builds(cases) -> list[Build]:
+    """On a CUDA GPU: run each case's forward and backward through the op and report what the JIT built
+    and loaded for it (registers and spills as the driver reports them, shared memory)."""
+    import torch
+
+    from . import longformer_attention
+
+    builds = []
+    for name in cases:
+        case = CASES[name]
+        q, k, v, qg, kg, vg, pad, glob = _inputs(case, "cuda")
+        precision = torch.backends.cuda.matmul.fp32_precision
+        torch.backends.cuda.matmul.fp32_precision = case.precision
+        try:
+            with _recorded_launches(run=True) as launches:
+                out = longformer_attention(q, k, v, case.window, case.dilation, case.causal, pad, glob, qg, kg, vg,
+                                           scale=case.head_dim ** -0.5, dropout_p=case.dropout, backend="triton")
+                out.backward(torch.randn_like(out))
+                torch.cuda.synchronize()
+        finally:
+            torch.backends.cuda.matmul.fp32_precision = precision
+        for launch in launches:
+            kernel = launch.compiled
+            builds.append(Build(launch.kernel.fn.__name__, name, kernel.n_regs, kernel.n_spills,
+                                kernel.metadata.shared))
+    return builds
+
+
+def _compile(launch: _Launch, arch: int):
+    """Build one recorded launch for ``sm_<arch>`` exactly as the JIT would (same specialisation)."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource, make_backend
+    from triton.runtime.jit import create_function_from_signature
+
+    fn = launch.kernel
+    target = GPUTarget("cuda", arch, 32)
+    backend = make_backend(target)
+    binder = create_function_from_signature(fn.signature, fn.params, backend)
+    bound, specialization, options = binder(*launch.args, **launch.kwargs)
+    options, signature, constexprs, attrs = fn._pack_args(backend, launch.kwargs, bound, specialization, options)
+    return triton.compile(ASTSource(fn, signature, constexprs, attrs), target=target, options=options.__dict__)
 
 
 def _resource_usage(cubin: bytes) -> tuple[int | None, int | None]:
@@ -91,52 +213,77 @@ def _resource_usage(cubin: bytes) -> tuple[int | None, int | None]:
     return (int(regs.group(1)) if regs else None, int(stack.group(1)) if stack else None)
 
 
-def build_all(arch: int = 90, dtypes=("fp16",), head_dim: int = 64, dropout=(False,), only: str = "") -> list[Build]:
-    """Compile each kernel (whose name contains ``only``) for ``sm_<arch>`` with the default tiles.
+def build_all(arch: int = 90, cases=("d64-bf16",), only: str = "") -> list[Build]:
+    """Build every kernel launch (whose kernel name contains ``only``) of each case for ``sm_<arch>``.
 
-    Raises on the first kernel that fails to compile.
+    Raises on the first launch that fails to compile.
     """
     if os.environ.get("TRITON_INTERPRET", "0") == "1":
         raise SystemExit("triton_aot: unset TRITON_INTERPRET (or set it to 0); the interpreter does not compile")
-    import triton
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
-
-    block_d = max(16, triton.next_power_of_2(head_dim))
+    unknown = [name for name in cases if name not in CASES]
+    if unknown:
+        raise SystemExit(f"triton_aot: unknown case(s) {unknown}; choose from {', '.join(CASES)}")
     builds = []
-    for dtype in dtypes:
-        kernels, num_stages = _kernels(head_dim, dtype)
-        for fn, flags, launch in kernels:
-            if only not in fn.fn.__name__:
+    for name in cases:
+        for launch in _launches(CASES[name]):
+            kernel = launch.kernel.fn.__name__
+            if only not in kernel:
                 continue
-            for drop in dropout:
-                params = inspect.signature(fn.fn).parameters
-                if drop and "DROPOUT" not in params:
-                    continue
-                constexprs = dict(flags, DROPOUT=drop, PRECISION="tf32", BLOCK_D=block_d,
-                                  BLOCK_M=launch["BLOCK_M"], BLOCK_N=launch["BLOCK_N"])
-                constexprs = {name: value for name, value in constexprs.items() if name in params}
-                src = ASTSource(fn=fn, signature=_signature(fn, dtype, constexprs), constexprs=constexprs)
-                compiled = triton.compile(src, target=GPUTarget("cuda", arch, 32),
-                                          options=dict(num_warps=launch["num_warps"], num_stages=num_stages))
-                regs, stack = _resource_usage(compiled.asm["cubin"])
-                builds.append(Build(fn.fn.__name__, dtype, drop, regs, stack))
+            compiled = _compile(launch, arch)
+            regs, stack = _resource_usage(compiled.asm["cubin"])
+            builds.append(Build(kernel, name, regs, stack, compiled.metadata.shared))
     return builds
+
+
+def markdown_table(builds: list[Build], arch: int) -> str:
+    """Kernels as rows, cases as columns: ``registers / spill stack bytes / shared KiB``."""
+    cases = list(dict.fromkeys(b.case for b in builds))
+    kernels = list(dict.fromkeys(b.kernel for b in builds))
+    cell = {(b.kernel, b.case): b for b in builds}
+    lines = ["| kernel | " + " | ".join(cases) + " |", "|---|" + "---|" * len(cases)]
+    for kernel in kernels:
+        cells = []
+        for case in cases:
+            b = cell.get((kernel, case))
+            cells.append("" if b is None else f"{b.registers} / {b.stack_bytes} / {b.shared_bytes / 1024:.0f}")
+        lines.append(f"| {kernel} | " + " | ".join(cells) + " |")
+    limit = MAX_SHARED_BYTES.get(arch)
+    over = [b for b in builds if limit and b.shared_bytes > limit]
+    lines.append("")
+    lines.append(f"sm_{arch}; cells: registers per thread / spill stack bytes / shared memory KiB"
+                 + (f" (limit {limit // 1024} KiB per block)" if limit else ""))
+    for b in over:
+        lines.append(f"OVER THE SHARED-MEMORY LIMIT: {b.kernel} in {b.case} needs {b.shared_bytes} bytes")
+    return "\n".join(lines)
 
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--arch", type=int, default=90, help="CUDA compute capability x10 (80 = A100, 90 = H100)")
-    parser.add_argument("--dtype", nargs="+", default=["fp16", "bf16", "fp32"], choices=["fp16", "bf16", "fp32"])
-    parser.add_argument("--head-dim", type=int, default=64)
-    parser.add_argument("--dropout", action="store_true", help="also build the dropout variants")
+    parser.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES), metavar="CASE",
+                        help=f"which calls to build (default: all): {', '.join(CASES)}")
     parser.add_argument("--only", default="", help="build only kernels whose name contains this")
+    parser.add_argument("--jit", action="store_true",
+                        help="on a CUDA GPU: run the cases and report what the JIT compiled (no --arch)")
     args = parser.parse_args(argv)
-    builds = build_all(args.arch, args.dtype, args.head_dim, (False, True) if args.dropout else (False,), args.only)
-    print(f"{'kernel':26s} {'dtype':5s} {'dropout':7s} {'regs':>5s} {'spill(stack B)':>14s}")
-    for b in builds:
-        print(f"{b.kernel:26s} {b.dtype:5s} {str(b.dropout):7s} {b.registers!s:>5s} {b.stack_bytes!s:>14s}")
+    for name in args.cases:
+        print(f"{name}: {CASES[name].note}")
+    if args.jit:
+        import torch
+
+        if not torch.cuda.is_available():
+            raise SystemExit("triton_aot --jit needs a CUDA GPU; without one, build ahead of time (no --jit)")
+        major, minor = torch.cuda.get_device_capability()
+        args.arch = 10 * major + minor
+        builds = [b for b in jit_builds(args.cases) if args.only in b.kernel]
+    else:
+        builds = build_all(args.arch, args.cases, args.only)
+    print()
+    print(markdown_table(builds, args.arch))
     sys.stdout.flush()
+    limit = MAX_SHARED_BYTES.get(args.arch)
+    if limit and any(b.shared_bytes > limit for b in builds):
+        raise SystemExit(1)
 
 
 if __name__ == "__main__":

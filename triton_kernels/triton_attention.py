@@ -35,7 +35,8 @@ from .api import AttentionSpec
 from .triton_global import (global_bwd_dkdv_kernel, global_bwd_dq_kernel, global_fwd_kernel,
                             global_keys_bwd_kernel)
 from .triton_local import local_bwd_dkdv_kernel, local_bwd_dq_kernel, local_fwd_kernel, row_dot_kernel
-from .triton_schedule import reaches, schedule
+from .masks import global_positions, reaches
+from .triton_schedule import schedule
 
 _LOG2E = 1.4426950408889634
 SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -47,8 +48,8 @@ class TritonConfig:
 
     ``block_m`` = query rows per tile, ``block_n`` = keys per tile. Backward keeps more tiles live
     (k, v, dk, dv, q, dO, P, dS), so it defaults to smaller query tiles. The GPU defaults were
-    chosen so that no kernel spills registers on sm_90 (checked with ``cuobjdump
-    --dump-resource-usage`` on ahead-of-time builds, see docs/triton.md); they are not timed yet.
+    chosen from sm_90 builds (``python -m triton_kernels.triton_aot``; the table is in
+    docs/triton.md: fp16/bf16 at head size 64 do not spill, float32 does); they are not timed yet.
     """
 
     block_m: int = 64
@@ -59,16 +60,19 @@ class TritonConfig:
     bwd_block_n: int = 64
     bwd_num_warps: int = 4
     global_split: int = 1024  # tokens per program in the global kernels that reduce over T
+    row_block: int = 64  # tokens per program of the backward's Delta = rowsum(dO * O) kernel
+    row_num_warps: int = 4
 
     def __post_init__(self):
-        for name in ("block_m", "block_n", "bwd_block_m", "bwd_block_n", "global_split"):
+        for name in ("block_m", "block_n", "bwd_block_m", "bwd_block_n", "global_split", "row_block"):
             size = getattr(self, name)
             if size < 16 or size & (size - 1):
                 raise ValueError(f"{name} must be a power of two >= 16 (tl.dot's minimum), got {size}")
 
 
-_INTERPRETER_CONFIG = TritonConfig(block_m=16, block_n=16, num_warps=1, num_stages=1,
-                                   bwd_block_m=16, bwd_block_n=16, bwd_num_warps=1, global_split=32)
+# 16x16 tiles: what the CPU interpreter runs (small programs) and what the tests use on a GPU too
+INTERPRETER_CONFIG = TritonConfig(block_m=16, block_n=16, num_warps=1, num_stages=1, bwd_block_m=16,
+                                  bwd_block_n=16, bwd_num_warps=1, global_split=32, row_block=16, row_num_warps=1)
 # head_dim > 64 or float32 tiles: twice the registers per tile, so twice the warps to hold them
 _WIDE_TILE_CONFIG = TritonConfig(num_warps=8, bwd_num_warps=8)
 _override: TritonConfig | None = None
@@ -89,7 +93,7 @@ def default_config(device: torch.device, head_dim: int, dtype: torch.dtype = tor
     if _override is not None:
         return _override
     if device.type != "cuda":
-        return _INTERPRETER_CONFIG
+        return INTERPRETER_CONFIG
     return TritonConfig() if head_dim <= 64 and dtype != torch.float32 else _WIDE_TILE_CONFIG
 
 
@@ -103,12 +107,30 @@ def attention(spec: AttentionSpec) -> torch.Tensor:
     # Drawn here, from torch's default generator, so torch.manual_seed makes dropout reproducible
     # and forward and backward agree on the mask.
     seed = int(torch.randint(0, 2**31 - 1, (1,)).item()) if spec.dropout_p > 0 else 0
-    tf32 = q.is_cuda and torch.backends.cuda.matmul.allow_tf32  # torch's switch for float32 matmuls
     statics = _Statics(spec.window, tuple(spec.dilation), spec.causal, spec.scale, spec.dropout_p, seed,
-                       tuple(dataclasses.astuple(config)), "tf32" if tf32 else "ieee")
+                       tuple(dataclasses.astuple(config)), fp32_dot_precision() if q.is_cuda else "ieee")
     out, _lse = triton_forward(q, spec.k, spec.v, spec.q_global, spec.k_global, spec.v_global,
                                spec.key_padding_mask, spec.global_mask, *dataclasses.astuple(statics))
     return out
+
+
+def fp32_dot_precision() -> str:
+    """``tl.dot`` input precision for float32 inputs: "tf32" where torch lets float32 matmuls use TF32.
+
+    torch's own switch decides, so float32 attention follows float32 matmuls: "ieee" (full float32,
+    torch's default) unless TF32 was turned on (``torch.backends.cuda.matmul.fp32_precision = "tf32"``,
+    the legacy ``allow_tf32 = True``, or ``torch.set_float32_matmul_precision("high")``). The newer
+    ``fp32_precision`` is read first: on torch >= 2.9 reading ``allow_tf32`` raises once a program
+    set it to "tf32".
+    """
+    matmul = torch.backends.cuda.matmul
+    try:
+        setting = matmul.fp32_precision
+    except AttributeError:  # torch < 2.9 has only the legacy flag
+        return "tf32" if matmul.allow_tf32 else "ieee"
+    if setting == "none":  # defers to the global setting
+        setting = torch.backends.fp32_precision
+    return "tf32" if setting == "tf32" else "ieee"
 
 
 def _check_runnable(q: torch.Tensor) -> None:
@@ -135,7 +157,7 @@ class _Statics:
     dropout_p: float
     seed: int
     config: tuple[int, ...]  # dataclasses.astuple(TritonConfig)
-    precision: str = "tf32"  # tl.dot input precision for float32 inputs: "tf32" or "ieee"
+    precision: str = "ieee"  # tl.dot input precision for float32 inputs: "ieee" or "tf32" (fp32_dot_precision)
 
 
 @dataclass
@@ -175,13 +197,11 @@ class _Plan:
         gidx = gcount = gvalid = None
         g_max = 0
         if glob is not None:
-            gcount = glob.sum(dim=1, dtype=torch.int32)
-            g_max = int(gcount.max()) if B else 0
+            index, gvalid = global_positions(glob)
+            g_max = index.shape[1]
             if g_max > 0:
-                # stable sort puts each row's global positions first, in sequence order
-                order = torch.sort((~glob).to(torch.int8), dim=1, stable=True).indices
-                gidx = order[:, :g_max].to(torch.int32).contiguous()
-                gvalid = torch.arange(g_max, device=device)[None, :] < gcount[:, None]
+                gidx = index.to(torch.int32).contiguous()
+                gcount = gvalid.sum(dim=1, dtype=torch.int32)
                 excluded = glob if excluded is None else (excluded | glob)
         key_bias = None if excluded is None else _neg_inf_where(excluded)
         pad_bias = None if pad is None else _neg_inf_where(pad)
@@ -215,10 +235,6 @@ def _neg_inf_where(mask: torch.Tensor) -> torch.Tensor:
     return torch.zeros(mask.shape, dtype=torch.float32, device=mask.device).masked_fill(mask, float("-inf")).contiguous()
 
 
-def _strides(t: torch.Tensor) -> tuple[int, int, int, int]:
-    return tuple(t.stride())
-
-
 def _or_dummy(t: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
     # Triton needs a pointer even where a constexpr flag makes the kernel ignore the argument.
     return t if t is not None else like
@@ -235,7 +251,7 @@ def _forward(plan: _Plan, q, k, v, qg, kg, vg) -> tuple[torch.Tensor, torch.Tens
     local_fwd_kernel[(table.shape[1], B * H)](
         q, k, v, out, lse, _or_dummy(plan.key_bias, dummy_f), _or_dummy(plan.gidx, dummy_i),
         _or_dummy(plan.gcount, dummy_i), table, n_tiles, plan.dilation,
-        *_strides(q), *_strides(k), *_strides(v), *_strides(out),
+        q.stride(), k.stride(), v.stride(), out.stride(),
         H, T, D, table.shape[1], plan.g_max, qk_scale, plan.reach_left, plan.reach_right,
         plan.dropout_p, plan.seed,
         HAS_BIAS=plan.key_bias is not None, HAS_GLOBAL=plan.has_global, **plan.launch_options(False),
@@ -256,7 +272,7 @@ def _global_forward(plan: _Plan, qg, kg, vg, out, lse) -> None:
     l_part = torch.zeros((B * H, n_splits, G), **f32)
     global_fwd_kernel[(triton.cdiv(G, opts["BLOCK_M"]), n_splits, B * H)](
         qg, kg, vg, o_part, m_part, l_part, _or_dummy(plan.pad_bias, lse), plan.gidx, plan.gcount,
-        *_strides(qg), *_strides(kg), *_strides(vg),
+        qg.stride(), kg.stride(), vg.stride(),
         H, T, D, G, plan.config.global_split, n_splits, plan.scale * _LOG2E, plan.dropout_p, plan.seed,
         HAS_PAD=plan.pad_bias is not None, **opts,
     )
@@ -289,10 +305,10 @@ def _backward(plan: _Plan, dout, q, k, v, qg, kg, vg, out, lse):
     dout = dout.to(q.dtype)
     # Delta_i = sum_j P_ij dP_ij = dO_i . O_i (holds with dropout too); O is 0 on padding rows.
     delta = torch.empty((B, H, T), dtype=torch.float32, device=q.device)
-    rows = 64 if q.is_cuda else 16
+    rows = plan.config.row_block
     row_dot_kernel[(triton.cdiv(T, rows), B * H)](
-        out, dout, delta, *_strides(out), *_strides(dout), H, T, D,
-        BLOCK_M=rows, BLOCK_D=max(16, triton.next_power_of_2(D)),
+        out, dout, delta, out.stride(), dout.stride(), H, T, D,
+        BLOCK_M=rows, BLOCK_D=max(16, triton.next_power_of_2(D)), num_warps=plan.config.row_num_warps,
     )
     dq, dk, dv = (torch.empty((B, H, T, D), dtype=q.dtype, device=q.device) for _ in range(3))
     qk_scale = plan.scale * _LOG2E
@@ -303,14 +319,14 @@ def _backward(plan: _Plan, dout, q, k, v, qg, kg, vg, out, lse):
     cfg_m, cfg_n = common["BLOCK_M"], common["BLOCK_N"]
     local_bwd_dkdv_kernel[(k_table.shape[1], B * H)](
         q, k, v, dout, dk, dv, lse, delta, key_bias, k_table, k_tiles, plan.dilation,
-        *_strides(q), *_strides(k), *_strides(v), *_strides(dout), *_strides(dk), *_strides(dv),
+        q.stride(), k.stride(), v.stride(), dout.stride(), dk.stride(), dv.stride(),
         H, T, D, k_table.shape[1], qk_scale, plan.scale, plan.reach_left, plan.reach_right,
         plan.dropout_p, plan.seed, HAS_BIAS=plan.key_bias is not None, **common,
     )
     local_bwd_dq_kernel[(q_table.shape[1], B * H)](
         q, k, v, dout, dq, lse, delta, key_bias, _or_dummy(plan.gidx, q_tiles), _or_dummy(plan.gcount, q_tiles),
         q_table, q_tiles, plan.dilation,
-        *_strides(q), *_strides(k), *_strides(v), *_strides(dout), *_strides(dq),
+        q.stride(), k.stride(), v.stride(), dout.stride(), dq.stride(),
         H, T, D, q_table.shape[1], plan.g_max, qk_scale, plan.scale, plan.reach_left, plan.reach_right,
         plan.dropout_p, plan.seed, HAS_BIAS=plan.key_bias is not None, HAS_GLOBAL=plan.has_global, **common,
     )
@@ -322,7 +338,7 @@ def _backward(plan: _Plan, dout, q, k, v, qg, kg, vg, out, lse):
     dk_part, dv_part = (torch.zeros((B * H, n_splits, G, block_d), **f32) for _ in range(2))
     global_keys_bwd_kernel[(triton.cdiv(G, cfg_n), n_splits, B * H)](
         q, k, v, dout, dk_part, dv_part, lse, delta, plan.key_bias, plan.gidx, plan.gcount,
-        *_strides(q), *_strides(k), *_strides(v), *_strides(dout),
+        q.stride(), k.stride(), v.stride(), dout.stride(),
         H, T, D, G, split, n_splits, qk_scale, plan.dropout_p, plan.seed, **common,
     )
     # after local_bwd_dkdv_kernel (same stream), which wrote these rows without the global-key term
@@ -333,7 +349,7 @@ def _backward(plan: _Plan, dout, q, k, v, qg, kg, vg, out, lse):
     dq_part = torch.zeros((B * H, n_splits, G, block_d), **f32)
     global_bwd_dq_kernel[(triton.cdiv(G, cfg_m), n_splits, B * H)](
         qg, kg, vg, dout, dq_part, lse, delta, pad_bias, plan.gidx, plan.gcount,
-        *_strides(qg), *_strides(kg), *_strides(vg), *_strides(dout),
+        qg.stride(), kg.stride(), vg.stride(), dout.stride(),
         H, T, D, G, split, n_splits, qk_scale, plan.dropout_p, plan.seed,
         HAS_PAD=plan.pad_bias is not None, **common,
     )
@@ -342,7 +358,7 @@ def _backward(plan: _Plan, dout, q, k, v, qg, kg, vg, out, lse):
     dkg, dvg = (torch.empty((B, H, T, D), dtype=q.dtype, device=q.device) for _ in range(2))
     global_bwd_dkdv_kernel[(triton.cdiv(T, cfg_n), B * H)](
         qg, kg, vg, dout, dkg, dvg, lse, delta, pad_bias, plan.gidx, plan.gcount,
-        *_strides(qg), *_strides(kg), *_strides(vg), *_strides(dout), *_strides(dkg), *_strides(dvg),
+        qg.stride(), kg.stride(), vg.stride(), dout.stride(), dkg.stride(), dvg.stride(),
         H, T, D, plan.g_max, qk_scale, plan.scale, plan.dropout_p, plan.seed,
         HAS_PAD=plan.pad_bias is not None, **common,
     )
@@ -421,5 +437,5 @@ def _backward_formula(ctx, dout, _dlse):
 triton_forward.register_autograd(_backward_formula, setup_context=_setup_context)
 
 
-__all__ = ["SUPPORTED_DTYPES", "TritonConfig", "attention", "default_config", "triton_backward", "triton_forward",
-           "use_config"]
+__all__ = ["INTERPRETER_CONFIG", "SUPPORTED_DTYPES", "TritonConfig", "attention", "default_config", "fp32_dot_precision", "triton_backward",
+           "triton_forward", "use_config"]

@@ -9,7 +9,7 @@ address token ``r + p*d`` directly, so a class is just a strided view of length
 ``L_r = ceil((T - r) / d)``. Every tile below lives in class coordinates.
 
 Inside a class, query ``i`` sees key ``j`` iff ``-reach_right <= i - j <= reach_left``
-(non-causal: ``w/2`` each side; causal: ``reach_left = w``, ``reach_right = 0``). A query tile visits
+(``reach_left, reach_right = masks.reaches(w, causal)``). A query tile visits
 key tiles ``[lo, hi)``; those in ``[ilo, ihi)`` lie wholly inside every row's window and inside the
 class, so the kernel skips the window mask there ("interior"); ``[lo, ilo)`` and ``[ihi, hi)`` are
 "edge" tiles and get masked.
@@ -23,14 +23,11 @@ from typing import Sequence
 
 import torch
 
+from .masks import reaches
+
 # Row layout of a schedule table (int32): one row per tile of one head.
 ROW_CLASS, ROW_START, ROW_LO, ROW_ILO, ROW_IHI, ROW_HI, ROW_LEN = range(7)
 ROW_WIDTH = 8  # padded to 8 ints per row
-
-
-def reaches(window: int, causal: bool) -> tuple[int, int]:
-    """(keys before, keys after) a query that its window spans, in class coordinates."""
-    return (window, 0) if causal else (window // 2, window // 2)
 
 
 def _cdiv(a: torch.Tensor | int, b: int):

@@ -1,7 +1,7 @@
 """One build, start to finish: lock, skip if up to date, resume or start the journal, (train sentencepiece),
 tokenize, binarize into a staging folder, write the statistics there, publish it as ``data-bin`` at once.
 
-Output layout under ``--out-dir``::
+Output layout under ``--output``::
 
     data-bin/           fairseq binaries train/valid/test.{bin,idx}, dict.txt, stats.json, stats.md,
                         lengths.png, problems.tsv, prep.json (options + fingerprint), spm.model if trained
@@ -42,7 +42,7 @@ def exclusive(out_dir: Path):
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             raise ValueError(f"another longformer-prep-corpus run is using {out_dir}; wait for it or "
-                             f"choose another --out-dir") from None
+                             f"choose another --output") from None
         yield
 
 
@@ -70,7 +70,7 @@ def build(cfg: CorpusPrepConfig) -> Path:
                 return final
             if not cfg.overwrite:
                 raise ValueError(f"{final} holds a corpus built from other inputs or options; pass --overwrite "
-                                 f"to replace it, or choose another --out-dir")
+                                 f"to replace it, or choose another --output")
         journal = _start_journal(work, fingerprint, cfg)
         spec = cfg.tokenizer if cfg.tokenizer is not None else _trained_spm(cfg, work, journal)
         tokenize_sources(cfg, journal, spec)

@@ -4,7 +4,7 @@ Example (GPT-2 BPE exactly as RoBERTa, so a converted RoBERTa trains on the outp
 
     longformer-prep-corpus --books books/ --wikipedia wiki-extracted/ --realnews realnews.jsonl \\
         --stories stories.txt --gpt2-encoder-json encoder.json --gpt2-vocab-bpe vocab.bpe \\
-        --dict dict.txt --out-dir corpus/ --workers 8
+        --dict dict.txt --output corpus/ --workers 8
 """
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import logging
 import sys
 from pathlib import Path
 
+from ..flags import add_renamed_flag
 from .build import build
 from .config import DEFAULT_FRACTIONS, DEFAULT_LONGER_THAN, CorpusPrepConfig, SpmTrainConfig
 from .documents import SOURCE_ORDER
@@ -75,15 +76,16 @@ def build_parser() -> argparse.ArgumentParser:
     sel.add_argument("--seed", type=int, default=1, help="seed of sampling and splitting")
 
     run = p.add_argument_group("running")
-    run.add_argument("--out-dir", type=Path, required=True, help="output folder; the corpus lands in OUT/data-bin")
+    add_renamed_flag(run, "--output", "--out-dir", type=Path, required=True,
+                     help="output folder; the corpus lands in OUTPUT/data-bin")
     run.add_argument("--workers", type=int, default=1, help="tokenizer processes (and fairseq-preprocess workers)")
     run.add_argument("--shard-docs", type=int, default=10_000, help="documents per resumable shard")
     run.add_argument("--shard-mb", type=float, default=32.0, help="MiB of text per resumable shard (memory bound)")
     run.add_argument("--max-doc-mb", type=float, default=64.0, help="larger documents are reported and skipped")
     run.add_argument("--on-error", choices=("skip", "fail"), default="skip",
                      help="unknown or malformed input: report, count and skip it, or stop the run")
-    run.add_argument("--keep-work", action="store_true", help="keep the tokenized text in OUT/.work after success")
-    run.add_argument("--overwrite", action="store_true", help="replace an OUT/data-bin built with other options")
+    run.add_argument("--keep-work", action="store_true", help="keep the tokenized text in OUTPUT/.work after success")
+    run.add_argument("--overwrite", action="store_true", help="replace an OUTPUT/data-bin built with other options")
     run.add_argument("--no-progress", action="store_true", help="no progress bars")
     return p
 
@@ -112,7 +114,7 @@ def config_from_args(args) -> CorpusPrepConfig:
                                                              "--keep-longer-than", SOURCE_ORDER)
     return CorpusPrepConfig(
         sources={s: getattr(args, s) for s in SOURCE_ORDER},
-        out_dir=args.out_dir,
+        out_dir=args.output,
         tokenizer=tokenizer,
         train_spm=train_spm,
         fractions=fractions,

@@ -75,11 +75,12 @@ class LongformerEncoderLayer(TransformerEncoderLayerBase):
             backend=self._attention_backend,
         )
 
-    def forward(self, x, encoder_padding_mask=None, global_mask=None):
+    def forward(self, x, encoder_padding_mask=None, global_mask=None, global_index=None):
         residual = x
         if self.normalize_before:
             x = self.self_attn_layer_norm(x)
-        x = self.self_attn(x, key_padding_mask=encoder_padding_mask, global_mask=global_mask)
+        x = self.self_attn(x, key_padding_mask=encoder_padding_mask, global_mask=global_mask,
+                           global_index=global_index)
         x = self.residual_connection(self.dropout_module(x), residual)
         if not self.normalize_before:
             x = self.self_attn_layer_norm(x)
@@ -115,7 +116,7 @@ class LongformerTransformerEncoder(TransformerEncoderBase):
                 global_attention_mask=None):
         padding_mask = src_tokens.eq(self.padding_idx)
         has_pads = bool(padding_mask.any())
-        global_mask = _global_mask_for(global_attention_mask, padding_mask)
+        global_mask, global_index = _global_tokens(global_attention_mask, padding_mask)
 
         x, embedding = self.forward_embedding(src_tokens, token_embeddings)
         if has_pads:
@@ -124,7 +125,8 @@ class LongformerTransformerEncoder(TransformerEncoderBase):
 
         states = [x] if return_all_hiddens else []
         for layer in self.layers:
-            x = layer(x, encoder_padding_mask=padding_mask if has_pads else None, global_mask=global_mask)
+            x = layer(x, encoder_padding_mask=padding_mask if has_pads else None, global_mask=global_mask,
+                      global_index=global_index)
             if return_all_hiddens:
                 states.append(x)
         if self.layer_norm is not None:
@@ -140,17 +142,22 @@ class LongformerTransformerEncoder(TransformerEncoderBase):
         }
 
 
-def _global_mask_for(global_attention_mask, padding_mask):
-    """Validate the user's mask; ``None`` when no token is global (the op then skips Qg/Kg/Vg)."""
+def _global_tokens(global_attention_mask, padding_mask):
+    """Validate the user's mask -> ``(mask, mask.nonzero(as_tuple=True))``, both ``None`` when no token is global.
+
+    Done once for all layers: the one host sync of the global path (the layers then skip Qg/Kg/Vg for
+    an empty mask and project Qg only at these positions without asking again).
+    """
     if global_attention_mask is None:
-        return None
+        return None, None
     if global_attention_mask.shape != padding_mask.shape:
         raise ValueError(
             f"global_attention_mask must have the shape of src_tokens {list(padding_mask.shape)}, "
             f"got {list(global_attention_mask.shape)}"
         )
     mask = global_attention_mask.to(device=padding_mask.device, dtype=torch.bool) & ~padding_mask
-    return mask if bool(mask.any()) else None
+    index = mask.nonzero(as_tuple=True)
+    return (mask, index) if index[0].numel() else (None, None)
 
 
 class LongformerRobertaEncoder(RobertaEncoder):

@@ -50,19 +50,26 @@ class LongformerSelfAttention(nn.Module):
         query: torch.Tensor,
         key_padding_mask: torch.Tensor | None = None,
         global_mask: torch.Tensor | None = None,
+        global_index: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> torch.Tensor:
         """``query``: ``[T, B, C]``; masks ``[B, T]`` bool (True = padding / global). Returns ``[T, B, C]``.
 
-        Pass ``global_mask=None`` when no token of the batch is global: the global projections are
-        then skipped (see ``_keep_global_projections_in_graph`` for why they still get a gradient).
+        ``global_mask`` is ``None`` when no token of the batch is global (the encoder checks this once for
+        all layers): the global projections are then skipped (see ``_keep_global_projections_in_graph`` for
+        why they still get a gradient). ``global_index`` is ``global_mask.nonzero(as_tuple=True)``, which the
+        encoder also computes once; it is derived here when not given.
         """
-        if global_mask is not None and not bool(global_mask.any()):
-            global_mask = None
         q, k, v = (split_heads(getattr(self, name)(query), self.num_heads) for name in LOCAL_PROJECTIONS)
         global_qkv = {}
         if global_mask is not None:
+            if global_index is None:
+                global_index = global_mask.nonzero(as_tuple=True)
             # the op's keyword names are the same as the projections' ("q_global", ...)
-            global_qkv = {name: split_heads(getattr(self, name)(query), self.num_heads) for name in GLOBAL_PROJECTIONS}
+            global_qkv = {
+                "q_global": split_heads(self._global_queries(query, global_index), self.num_heads),
+                "k_global": split_heads(self.k_global(query), self.num_heads),
+                "v_global": split_heads(self.v_global(query), self.num_heads),
+            }
         out = longformer_attention(
             q, k, v, self.attention_window,
             key_padding_mask=key_padding_mask,
@@ -75,6 +82,16 @@ class LongformerSelfAttention(nn.Module):
         if global_mask is None:
             out = self._keep_global_projections_in_graph(out)
         return out
+
+    def _global_queries(self, query: torch.Tensor, global_index) -> torch.Tensor:
+        """``q_global`` at the global tokens, zero elsewhere: ``[T, B, C]``.
+
+        The op reads ``q_global`` only at global tokens (DESIGN.md §3), so projecting just those rows gives
+        the same result for a fraction of the cost; the other rows get a zero gradient, as they would anyway.
+        """
+        batch, position = global_index
+        rows = self.q_global(query[position, batch])  # [G_total, C]
+        return query.new_zeros(query.shape).index_put((position, batch), rows)
 
     def _keep_global_projections_in_graph(self, out: torch.Tensor) -> torch.Tensor:
         """Add an exact zero that depends on Qg/Kg/Vg when they were not used.

@@ -8,13 +8,15 @@ number of keys besides the query itself, in every model: ``w`` keys back in the 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 
 def per_layer(value, num_layers: int, option: str = "--attention-window", minimum: int = 0,
               even: bool = False) -> list[int]:
     """Expand ``value`` to ``num_layers`` ints and check them, with an error that names ``option``."""
     if isinstance(value, str):
         parts = [p for p in value.replace(" ", "").strip("[]").split(",") if p]
-    elif isinstance(value, (list, tuple)):
+    elif isinstance(value, Sequence):  # list, tuple, omegaconf's ListConfig (what hydra configs give)
         parts = list(value)
     else:
         parts = [value]

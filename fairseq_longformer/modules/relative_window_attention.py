@@ -48,9 +48,9 @@ def head_dilations(num_heads: int, dilation: int, dilated_heads: int) -> list[in
 class RelativeWindowSelfAttention(nn.Module):
     """Multi-head causal sliding-window self-attention, T x B x C in and out.
 
-    ``window`` keys back (``i - m*d`` for ``m`` in ``[0, window]``, DESIGN.md §3), dilation ``d`` on
-    ``dilated_heads`` heads only, Transformer-XL relative position terms with ``rel_dim`` sinusoid
-    dimensions per head (Transformer-XL itself uses ``rel_dim = embed_dim``).
+    ``window`` keys back (``i - m*d`` for ``m`` in ``[0, window]``, the contract in docs/attention.md),
+    dilation ``d`` on ``dilated_heads`` heads only, Transformer-XL relative position terms with
+    ``rel_dim`` sinusoid dimensions per head (Transformer-XL itself uses ``rel_dim = embed_dim``).
     """
 
     def __init__(
