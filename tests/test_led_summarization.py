@@ -248,6 +248,21 @@ def test_fairseq_train_translation_then_eval_generate_and_hub_sample(pipeline, c
         ids = [dictionary.index(s) for s in hypotheses[line["id"]].split()]
         assert tokenizer.decode(ids) == line["hypothesis"]
 
+    # fairseq-interactive on one source typed as dictionary symbols (<s> typed, </s> appended by fairseq)
+    from fairseq_cli import interactive
+
+    task = _translation_task(data)
+    task.load_dataset("valid")
+    typed = root / "typed.txt"
+    typed.write_text(" ".join(task.source_dictionary[i] for i in task.dataset("valid").src[0][:-1].tolist()) + "\n")
+    capsys.readouterr()
+    _fairseq_cli_in_process(caplog, interactive, options.get_interactive_generation_parser(), [
+        data, "--user-dir", USER_DIR, "--task", "translation", "--path", checkpoint, "--input", str(typed),
+        "--beam", "2", "--max-len-b", "12", "--cpu",
+    ])
+    typed_hypothesis = [line.split("\t")[2] for line in capsys.readouterr().out.splitlines() if line.startswith("H-")]
+    assert typed_hypothesis == [hypotheses[0]]
+
     # the hub's sample() on the finetuned checkpoint (BPE files from the converted directory)
     for name in ("encoder.json", "vocab.bpe"):
         shutil.copyfile(os.path.join(led, name), os.path.join(save_dir, name))

@@ -37,8 +37,7 @@ def source_global_attention_mask(src_tokens: torch.Tensor, mode: str, eos: int, 
     index 0 there. Rows are rotated left by their count of leading pads, the one rule is applied to the
     left-aligned rows, and the mask is rotated back.
     """
-    if mode not in GLOBAL_ATTENTION_MODES:
-        raise ValueError(f"--source-global-attention {mode!r}: choose one of {', '.join(GLOBAL_ATTENTION_MODES)}")
+    check_global_attention_mode(mode)
     padding = src_tokens.eq(pad)
     leading = padding.long().cumprod(dim=-1).sum(dim=-1, keepdim=True)  # [B, 1] leading pads per row
     if not bool(leading.any()):
@@ -50,15 +49,18 @@ def source_global_attention_mask(src_tokens: torch.Tensor, mode: str, eos: int, 
     return mask.gather(-1, (positions - leading) % length) & ~padding
 
 
+def check_global_attention_mode(mode: str) -> str:
+    if mode not in GLOBAL_ATTENTION_MODES:
+        raise ValueError(f"--source-global-attention {mode!r}: choose one of {', '.join(GLOBAL_ATTENTION_MODES)}")
+    return mode
+
+
 class LongformerBartEncoder(LongformerTransformerEncoder):
     """BART's encoder (embedding scale, ``layernorm_embedding``, post-norm layers) with Longformer layers."""
 
     def __init__(self, cfg, dictionary, embed_tokens):
-        mode = cfg.source_global_attention
-        if mode not in GLOBAL_ATTENTION_MODES:
-            raise ValueError(f"--source-global-attention {mode!r}: choose one of {', '.join(GLOBAL_ATTENTION_MODES)}")
         super().__init__(cfg, dictionary, embed_tokens)
-        self.global_attention_mode = mode
+        self.global_attention_mode = check_global_attention_mode(cfg.source_global_attention)
 
     def forward(self, src_tokens, src_lengths=None, return_all_hiddens=False, token_embeddings=None,
                 global_attention_mask=None):
