@@ -139,6 +139,26 @@ def _legacy_checkpoint(args, state: dict) -> dict:
     }
 
 
+def run_hydra_train(config_dir: str, config: str, values: dict, extra: list, cwd) -> str:
+    """``fairseq-hydra-train`` on one shipped config in a subprocess (one thread); returns its output.
+
+    ``values`` become ``++key=value`` overrides (set whether or not the YAML has the key). Checks that it
+    succeeded and that hydra left no ``outputs/`` folder (the configs' ``hydra.run.dir`` is ``.``).
+    """
+    import subprocess
+    import sys
+
+    overrides = [f"++{k}={v}" for k, v in values.items()]
+    cmd = [sys.executable, "-m", "fairseq_cli.hydra_train", "--config-dir", config_dir, "--config-name", config,
+           *overrides, *extra]
+    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-3000:]
+    assert not os.path.exists(os.path.join(cwd, "outputs"))
+    return out
+
+
 def free_port() -> int:
     import socket
 

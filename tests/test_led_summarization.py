@@ -14,6 +14,7 @@ import torch
 import bpe_fixtures as bf
 import fairseq_longformer
 import led_fixtures as lf
+import roberta_fixtures as rf
 from data_prep import prep_summarization
 from fairseq.data import Dictionary
 from fairseq.tasks.translation import TranslationConfig, TranslationTask
@@ -296,9 +297,6 @@ HYDRA_OVERRIDES = {"demo": [], "base": ["common.fp16=false", "common.cpu=true", 
 @pytest.mark.slow
 @pytest.mark.parametrize("config", ["demo", "base"])
 def test_config_runs_with_fairseq_hydra_train(pipeline, config):
-    import subprocess
-    import sys
-
     root, led, data = pipeline
     t = lf.TINY
     values = {
@@ -310,12 +308,5 @@ def test_config_runs_with_fairseq_hydra_train(pipeline, config):
         **{f"model.{part}_{key}": t[value] for part in ("encoder", "decoder") for key, value in
            (("layers", "layers"), ("embed_dim", "embed_dim"), ("ffn_embed_dim", "ffn_dim"), ("attention_heads", "heads"))},
     }
-    overrides = [f"++{k}={v}" for k, v in values.items()]  # "++": set whether or not the YAML has the key
-    cmd = [sys.executable, "-m", "fairseq_cli.hydra_train", "--config-dir", CONFIGS, "--config-name", config,
-           *overrides, *HYDRA_OVERRIDES[config]]
-    proc = subprocess.run(cmd, cwd=root, capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})
-    out = proc.stdout + proc.stderr
-    assert proc.returncode == 0, out[-3000:]
+    out = rf.run_hydra_train(CONFIGS, config, values, HYDRA_OVERRIDES[config], cwd=root)
     assert "Loaded checkpoint" in out and "num_updates: 2 >= max_update: 2" in out
-    assert not os.path.exists(root / "outputs")  # hydra.run.dir keeps fairseq in the launch directory
