@@ -12,3 +12,4 @@ allow_fairseq_checkpoints()
 # module of these sub-packages is imported here (criterions are not auto-imported otherwise).
 from . import criterions, models, tasks  # noqa: E402,F401
 from .models.longformer_roberta import LongformerRobertaModel  # noqa: E402,F401  hub: .from_pretrained(DIR)
+from .models.longformer_bart import LongformerBartModel  # noqa: E402,F401  hub: .from_pretrained(DIR)

@@ -1,4 +1,5 @@
-"""``LongformerRobertaModel.from_pretrained(DIR)``: RoBERTa's hub interface for a local Longformer directory.
+"""``LongformerRobertaModel.from_pretrained(DIR)`` / ``LongformerBartModel.from_pretrained(DIR)``: fairseq's
+RoBERTa / BART hub interfaces for a local Longformer or LED directory.
 
 fairseq's own loader would fetch the GPT-2 BPE files from the internet; here nothing is downloaded:
 ``bpe="gpt2"`` takes ``encoder.json`` and ``vocab.bpe`` from the directory, and ``bpe=None`` (the
@@ -45,6 +46,21 @@ class LongformerRobertaHubInterface(RobertaHubInterface):
 
 def load_longformer_roberta(model_dir: str, checkpoint_file: str = "model.pt", data_name_or_path: str = ".",
                             bpe: str | None = None, **kwargs) -> LongformerRobertaHubInterface:
+    loaded = _load_local(model_dir, checkpoint_file, data_name_or_path, bpe, "longformer-convert-roberta", kwargs)
+    return LongformerRobertaHubInterface(loaded["args"], loaded["task"], loaded["models"][0])
+
+
+def load_longformer_bart(model_dir: str, checkpoint_file: str = "model.pt", data_name_or_path: str = ".",
+                         bpe: str | None = None, **kwargs):
+    from .models.longformer_bart import LongformerBartHubInterface
+
+    loaded = _load_local(model_dir, checkpoint_file, data_name_or_path, bpe, "longformer-convert-bart", kwargs)
+    return LongformerBartHubInterface(loaded["args"], loaded["task"], loaded["models"][0])
+
+
+def _load_local(model_dir: str, checkpoint_file: str, data_name_or_path: str, bpe: str | None,
+                converter: str, kwargs: dict) -> dict:
+    """fairseq's ``hub_utils.from_pretrained`` on a local directory, with the BPE files taken from it."""
     if not os.path.isdir(model_dir):
         raise ValueError(f"{model_dir!r} is not a directory; give a local directory holding model.pt and dict.txt "
                          "(this loader never downloads)")
@@ -53,7 +69,7 @@ def load_longformer_roberta(model_dir: str, checkpoint_file: str = "model.pt", d
     needed = [os.path.join(model_dir, name) for name in checkpoint_file.split(os.pathsep)]
     for path in needed + [os.path.join(data_dir, "dict.txt")]:
         if not os.path.isfile(path):
-            raise ValueError(f"{path} is missing; convert a RoBERTa directory with longformer-convert-roberta "
+            raise ValueError(f"{path} is missing; convert a model directory with {converter} "
                              "(or point data_name_or_path at a directory with the dictionary)")
     if bpe == "gpt2":
         for arg, name in GPT2_BPE_FILES.items():
@@ -64,8 +80,7 @@ def load_longformer_roberta(model_dir: str, checkpoint_file: str = "model.pt", d
                     "encoder.json and vocab.bpe there, or load with bpe=None for token-level use"
                 )
             kwargs.setdefault(arg, path)
-    loaded = hub_utils.from_pretrained(
+    return hub_utils.from_pretrained(
         model_dir, checkpoint_file, data_name_or_path, archive_map=None, bpe=bpe,
         load_checkpoint_heads=True, **kwargs,
     )
-    return LongformerRobertaHubInterface(loaded["args"], loaded["task"], loaded["models"][0])

@@ -90,24 +90,35 @@ def make_roberta_dir(directory: str, legacy: bool = False, seed: int = 0, symbol
     args = roberta_args(directory, **tiny)
     task = tasks.setup_task(args)
     model = task.build_model(args)
-    generator = torch.Generator().manual_seed(seed)
+    fill_distinct_random(model, seed)
+    padding = task.source_dictionary.pad()
     with torch.no_grad():
-        for name, p in model.named_parameters():
-            p.copy_(torch.randn(p.shape, generator=generator) * (0.3 if "norm" in name else 0.1))
-            if "norm" in name and name.endswith("weight"):
-                p.add_(1.0)
-        padding = task.source_dictionary.pad()
         model.encoder.sentence_encoder.embed_tokens.weight[padding].zero_()
         model.encoder.sentence_encoder.embed_positions.weight[padding].zero_()
     path = os.path.join(directory, "model.pt")
     if legacy:
         torch.save(_legacy_checkpoint(args, model.state_dict()), path)
     else:
-        cfg = convert_namespace_to_omegaconf(args)
-        trainer = Trainer(cfg, task, model, task.build_criterion(cfg.criterion))
-        trainer.consolidate_optimizer()  # as fairseq's checkpoint_utils.save_checkpoint does
-        trainer.save_checkpoint(path, {"train_iterator": {"epoch": 1, "iterations_in_epoch": 0, "version": 2}})
+        save_like_fairseq_train(path, args, task, model)
     return directory
+
+
+def fill_distinct_random(model, seed: int) -> None:
+    """Every weight a distinct random value (layer norms around 1), so that no mix-up goes unseen."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            p.copy_(torch.randn(p.shape, generator=generator) * (0.3 if "norm" in name else 0.1))
+            if "norm" in name and name.endswith("weight"):
+                p.add_(1.0)
+
+
+def save_like_fairseq_train(path: str, args, task, model) -> None:
+    """A checkpoint written by fairseq's own ``Trainer.save_checkpoint`` (current layout, ``cfg``)."""
+    cfg = convert_namespace_to_omegaconf(args)
+    trainer = Trainer(cfg, task, model, task.build_criterion(cfg.criterion))
+    trainer.consolidate_optimizer()  # as fairseq's checkpoint_utils.save_checkpoint does
+    trainer.save_checkpoint(path, {"train_iterator": {"epoch": 1, "iterations_in_epoch": 0, "version": 2}})
 
 
 def _legacy_checkpoint(args, state: dict) -> dict:
@@ -126,6 +137,26 @@ def _legacy_checkpoint(args, state: dict) -> dict:
         "extra_state": {"train_iterator": {"epoch": 1, "iterations_in_epoch": 0}},
         "last_optimizer_state": None,
     }
+
+
+def run_hydra_train(config_dir: str, config: str, values: dict, extra: list, cwd) -> str:
+    """``fairseq-hydra-train`` on one shipped config in a subprocess (one thread); returns its output.
+
+    ``values`` become ``++key=value`` overrides (set whether or not the YAML has the key). Checks that it
+    succeeded and that hydra left no ``outputs/`` folder (the configs' ``hydra.run.dir`` is ``.``).
+    """
+    import subprocess
+    import sys
+
+    overrides = [f"++{k}={v}" for k, v in values.items()]
+    cmd = [sys.executable, "-m", "fairseq_cli.hydra_train", "--config-dir", config_dir, "--config-name", config,
+           *overrides, *extra]
+    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-3000:]
+    assert not os.path.exists(os.path.join(cwd, "outputs"))
+    return out
 
 
 def free_port() -> int:

@@ -183,12 +183,5 @@ def test_config_runs_with_fairseq_hydra_train(setup, config):
         "model.max_positions": 128, "model.roberta_max_positions": t["max_positions"],
         "model.attention_window": "'16'", "dataset.num_workers": 0,
     }
-    overrides = [f"++{k}={v}" for k, v in values.items()]  # "++": set whether or not the YAML has the key
-    cmd = [sys.executable, "-m", "fairseq_cli.hydra_train", "--config-dir", CONFIGS, "--config-name", config,
-           *overrides, *HYDRA_OVERRIDES[config]]
-    proc = subprocess.run(cmd, cwd=root, capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})
-    out = proc.stdout + proc.stderr
-    assert proc.returncode == 0, out[-3000:]
+    out = rf.run_hydra_train(CONFIGS, config, values, HYDRA_OVERRIDES[config], cwd=root)
     assert "Loaded checkpoint" in out and "num_updates: 2 >= max_update: 2" in out and "bpc" in out
-    assert not os.path.exists(root / "outputs")  # hydra.run.dir keeps fairseq in the launch directory

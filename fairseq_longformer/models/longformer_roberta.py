@@ -34,6 +34,24 @@ logger = logging.getLogger(__name__)
 PADDING_OFFSET_ROWS = 2  # fairseq RoBERTa positions start at padding_idx + 1 = 2
 
 
+def add_encoder_attention_args(parser) -> None:
+    """The Longformer encoder-attention options of ``longformer_roberta`` and ``longformer_bart``."""
+    parser.add_argument("--attention-window", type=str, metavar="W",
+                        help="sliding-window size (total, even): one value or a comma list, one per layer")
+    parser.add_argument("--attention-backend", type=str, metavar="NAME",
+                        help="triton_kernels backend: auto (default), torch, triton or dense")
+
+
+def encoder_attention_defaults(args, window: str) -> None:
+    """Defaults for the options above and for activation checkpointing (offloading implies it)."""
+    args.attention_window = safe_getattr(args, "attention_window", window)
+    args.attention_backend = safe_getattr(args, "attention_backend", "auto")
+    args.checkpoint_activations = safe_getattr(args, "checkpoint_activations", False)
+    args.offload_activations = safe_getattr(args, "offload_activations", False)
+    if args.offload_activations:
+        args.checkpoint_activations = True
+
+
 def parse_attention_windows(value, num_layers: int) -> list[int]:
     """``512`` / ``"512"`` / ``"32,32,64"`` / ``[32, 64]`` -> one even window per layer."""
     return per_layer(value, num_layers, "--attention-window", minimum=0, even=True)
@@ -243,10 +261,7 @@ class LongformerRobertaModel(RobertaModel):
     @staticmethod
     def add_args(parser):
         RobertaModel.add_args(parser)
-        parser.add_argument("--attention-window", type=str, metavar="W",
-                            help="sliding-window size (total, even): one value or a comma list, one per layer")
-        parser.add_argument("--attention-backend", type=str, metavar="NAME",
-                            help="triton_kernels backend: auto (default), torch, triton or dense")
+        add_encoder_attention_args(parser)
         parser.add_argument("--freeze-roberta", action="store_true",
                             help="train only the position embeddings added beyond --roberta-max-positions "
                                  "(paper §5, frozen RoBERTa weights)")
@@ -296,14 +311,9 @@ class LongformerRobertaModel(RobertaModel):
 
 @register_model_architecture("longformer_roberta", "longformer_roberta")
 def base_architecture(args):
-    args.attention_window = safe_getattr(args, "attention_window", "512")
-    args.attention_backend = safe_getattr(args, "attention_backend", "auto")
+    encoder_attention_defaults(args, "512")
     args.freeze_roberta = safe_getattr(args, "freeze_roberta", False)
     args.roberta_max_positions = safe_getattr(args, "roberta_max_positions", 512)
-    args.checkpoint_activations = safe_getattr(args, "checkpoint_activations", False)
-    args.offload_activations = safe_getattr(args, "offload_activations", False)
-    if args.offload_activations:
-        args.checkpoint_activations = True
     roberta_base_architecture(args)
 
 
