@@ -29,10 +29,10 @@ HEAD = "sentence_classification_head"
 
 
 def _records(texts, start):
-    # label: does the text mention "class"? (learnable or not, it only has to be consistent); lengths vary
-    # from ~30 to ~250 tokens, so batches are padded and some documents are truncated to 128
-    return [{"text": t[: 100 + 50 * (i % 17)], "label": "class" if "class" in t else "other"}
-            for i, t in enumerate(texts[start:start + 40])]
+    # label: does the text mention "class"? (learnable or not, it only has to be consistent; integers, as
+    # fairseq's --report-acc-and-f1 needs); lengths vary from ~30 to ~250 tokens, so batches are padded
+    # and some documents are truncated to 128
+    return [{"text": t[: 100 + 50 * (i % 17)], "label": int("class" in t)} for i, t in enumerate(texts[start:start + 40])]
 
 
 @pytest.fixture(scope="module")
@@ -90,8 +90,10 @@ def test_train_validate_and_hub_predict_agree(setup, caplog, monkeypatch):
         "--reset-lr-scheduler", "--optimizer", "adam", "--lr", "1e-3", "--batch-size", "4", "--max-update", "4",
         "--cpu", "--save-dir", save_dir, "--no-epoch-checkpoints", "--log-format", "simple", "--log-interval", "1",
         "--num-workers", "0", "--best-checkpoint-metric", "accuracy", "--maximize-best-checkpoint-metric",
+        "--report-acc-and-f1",  # one of sentence_prediction's criterion options, kept working
     ])
     assert "Loaded checkpoint" in out and "num_updates: 4 >= max_update: 4" in out
+    assert "Overwriting classification_heads.sentence_classification_head.dense.weight" in out  # a new head
     assert re.search(r"train: truncated \d+ of 40 samples .* keeping <s> and the closing </s>", out)
     assert re.search(r"valid on 'valid' subset .*\| accuracy [\d.]+", out)
     checkpoint = os.path.join(save_dir, "checkpoint_last.pt")
@@ -99,10 +101,10 @@ def test_train_validate_and_hub_predict_agree(setup, caplog, monkeypatch):
     out = _run_in_process(caplog, options.get_validation_parser, validate.main, [
         data, "--user-dir", USER_DIR, "--task", "longformer_sentence_prediction", "--num-classes", "2",
         "--path", checkpoint, "--valid-subset", "valid", "--batch-size", "3", "--required-batch-size-multiple", "1",
-        "--cpu", "--num-workers", "0",
-        "--log-format", "simple",
+        "--cpu", "--num-workers", "0", "--log-format", "simple",
     ], with_overrides=True)
-    validate_accuracy = float(re.search(r"valid on 'valid' subset \| .*accuracy ([\d.]+)", out).group(1))
+    validated = re.search(r"valid on 'valid' subset \| .*accuracy ([\d.]+) .*\| f1 ([\d.]+)", out)
+    validate_accuracy, validate_f1 = float(validated.group(1)), float(validated.group(2))
 
     # the hub, from raw text as a user has it (the model's BPE files beside the checkpoint)
     for name in ("encoder.json", "vocab.bpe"):
@@ -114,8 +116,7 @@ def test_train_validate_and_hub_predict_agree(setup, caplog, monkeypatch):
     labels = hub.task.label_dictionary
     with torch.no_grad():
         hub_logits = torch.stack([hub.predict(HEAD, hub.encode(r["text"]), return_logits=True)[0] for r in records])
-        hub_correct = sum(int(labels[int(p) + labels.nspecial] == r["label"])
-                          for p, r in zip(hub_logits.argmax(-1), records))
+        predicted = [int(labels[int(p) + labels.nspecial]) for p in hub_logits.argmax(-1)]
         # the validation path: the task's padded batches, through the criterion's model call
         hub.task.load_dataset("valid")
         dataset = hub.task.dataset("valid")
@@ -127,7 +128,11 @@ def test_train_validate_and_hub_predict_agree(setup, caplog, monkeypatch):
         unglobal = torch.stack([hub.predict(HEAD, hub.encode(r["text"]), return_logits=True, global_attention="none")[0]
                                 for r in records])
     torch.testing.assert_close(hub_logits, batch_logits, atol=1e-5, rtol=1e-4)
-    assert round(100 * hub_correct / len(records), 1) == validate_accuracy
+    truth = [r["label"] for r in records]
+    assert round(100 * sum(p == t for p, t in zip(predicted, truth)) / len(records), 1) == validate_accuracy
+    true_pos = sum(p == t == 1 for p, t in zip(predicted, truth))
+    f1 = 2 * true_pos / max(1, predicted.count(1) + truth.count(1))  # F1 of class 1, by hand
+    assert round(100 * f1, 1) == validate_f1
     assert (hub_logits - unglobal).abs().max() > 1e-3  # the mask matters, so agreeing above means something
 
 
