@@ -28,6 +28,7 @@ from fairseq.utils import make_positions, safe_getattr
 
 from ..modules.longformer_self_attention import LongformerSelfAttention
 from ..modules.per_layer import per_layer
+from ..modules.span_head import SpanHead, upgrade_span_heads
 
 logger = logging.getLogger(__name__)
 
@@ -254,6 +255,19 @@ def freeze_all_but_new_positions(model: nn.Module, source_rows: int) -> None:
 
 @register_model("longformer_roberta")
 class LongformerRobertaModel(RobertaModel):
+    def __init__(self, args, encoder):
+        super().__init__(args, encoder)
+        self.span_heads = nn.ModuleDict()  # extractive QA (modules/span_head.py), saved like classification_heads
+
+    def register_span_head(self, name: str) -> None:
+        if name not in self.span_heads:
+            self.span_heads[name] = SpanHead(self.args.encoder_embed_dim)
+
+    def upgrade_state_dict_named(self, state_dict, name):
+        super().upgrade_state_dict_named(state_dict, name)
+        upgrade_span_heads(self, state_dict, name + "." if name else "",
+                           bool(getattr(self.args, "load_checkpoint_heads", False)))
+
     @classmethod
     def hub_models(cls):
         return {}  # nothing is downloaded; convert a RoBERTa directory with longformer-convert-roberta
@@ -291,13 +305,16 @@ class LongformerRobertaModel(RobertaModel):
         return model
 
     def forward(self, src_tokens, features_only=False, return_all_hiddens=False,
-                classification_head_name=None, global_attention_mask=None, **kwargs):
-        if classification_head_name is not None:
+                classification_head_name=None, global_attention_mask=None, span_head_name=None, **kwargs):
+        """With ``span_head_name``, ``x`` is that head's start/end logits ``[B, T, 2]``."""
+        if classification_head_name is not None or span_head_name is not None:
             features_only = True
         x, extra = self.encoder(src_tokens, features_only, return_all_hiddens,
                                 global_attention_mask=global_attention_mask, **kwargs)
         if classification_head_name is not None:
             x = self.classification_heads[classification_head_name](x)
+        elif span_head_name is not None:
+            x = self.span_heads[span_head_name](x)
         return x, extra
 
     @classmethod

@@ -1,0 +1,1 @@
+"""``longformer-prep-qa``: SQuAD-format question answering data -> fairseq binaries (``cli.py``)."""
