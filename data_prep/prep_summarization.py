@@ -29,6 +29,7 @@ from typing import Iterator
 
 from .atomic import check_output_dir, staged_dir
 from .binarized import IndexedWriter, write_dictionary
+from .flags import run_tool
 from .jsonl import InputError, read_jsonl, text_field
 from .lengths import length_stats, stats_line
 from .parallel import ordered_map
@@ -181,7 +182,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    logging.basicConfig(format="%(asctime)s | %(levelname)s | %(name)s | %(message)s", level=logging.INFO)
     parser = build_parser()
     args = parser.parse_args(argv)
     if not (args.model_dir or args.tokenizer):
@@ -190,11 +190,12 @@ def main(argv: list[str] | None = None) -> dict:
                         ("--max-target-positions", args.max_target_positions)):
         if value < 3:
             raise SystemExit(f"longformer-prep-summarization: error: {flag} must be >= 3 (<s>, a token, </s>), got {value}")
-    try:
+
+    def check_and_prepare() -> dict:
         check_output_dir(args.output, args.overwrite)
         return prepare(args)
-    except (InputError, ValueError) as err:
-        raise SystemExit(f"longformer-prep-summarization: error: {err}") from None
+
+    return run_tool("longformer-prep-summarization", check_and_prepare, (InputError, ValueError))
 
 
 if __name__ == "__main__":

@@ -9,7 +9,6 @@ tokenizer files) atomically.
 
 from __future__ import annotations
 
-import logging
 import os
 import shutil
 from argparse import Namespace
@@ -19,6 +18,7 @@ from omegaconf import OmegaConf, open_dict
 
 import fairseq_longformer  # noqa: F401  registers the plugin, allows fairseq types in torch.load
 from data_prep.atomic import atomic_file
+from data_prep.flags import run_tool as run_cli_tool
 from fairseq import checkpoint_utils, tasks
 
 from .models.longformer_roberta import PADDING_OFFSET_ROWS, parse_attention_windows
@@ -183,11 +183,7 @@ def fairseq_checkpoint(cfg, model_state: dict, criterion_name: str = "MaskedLmLo
 
 def run_tool(prog: str, action) -> None:
     """Run a conversion tool's ``action()`` with fairseq's log format; a ConversionError exits with its message."""
-    logging.basicConfig(format="%(asctime)s | %(levelname)s | %(name)s | %(message)s", level=logging.INFO)
-    try:
-        action()
-    except ConversionError as err:
-        raise SystemExit(f"{prog}: error: {err}") from None
+    run_cli_tool(prog, action, ConversionError)
 
 
 def model_name(model_cfg) -> str | None:

@@ -24,6 +24,8 @@ import torch
 from fairseq import tasks
 from fairseq.models.bart import BARTModel
 
+from data_prep.flags import add_input_output_flags
+
 from .conversion import (
     ConversionError, check_output, check_positions, check_windows, converted_cfg, copy_global_projections,
     extend_positions, load_source_model, model_name, run_tool, source_positions, write_converted,
@@ -117,13 +119,13 @@ def convert(input_dir: str, output_dir: str, options: LedConversionOptions, over
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="longformer-convert-bart", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--input", required=True, help="fairseq BART directory (model.pt, dict.txt)")
-    parser.add_argument("--output", required=True, help="directory to write the LED model to")
+    add_input_output_flags(parser, "fairseq BART directory (model.pt, dict.txt)",
+                           "directory to write the LED model to",
+                           overwrite_help="replace an existing OUTPUT/model.pt")
     parser.add_argument("--max-source-positions", type=int, default=16384,
                         help="new maximum source length of the encoder (default 16384); the decoder keeps BART's")
     parser.add_argument("--attention-window", default="1024",
                         help="encoder sliding window per layer, even (default 1024); one value or a comma list per layer")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing OUTPUT/model.pt")
     return parser
 
 

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from fairseq import tasks
 from fairseq.models.roberta import RobertaModel
 
+from data_prep.flags import add_input_output_flags
+
 from .conversion import (  # noqa: F401  ConversionError, build_from_checkpoint, fairseq_checkpoint, read_checkpoint
     ConversionError, build_from_checkpoint, check_output, check_positions, check_windows, converted_cfg,  # and
     copy_global_projections, extend_positions, fairseq_checkpoint, load_source_model, model_name,  # run_tool are
@@ -105,15 +107,15 @@ def _check_options(options: ConversionOptions) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="longformer-convert-roberta", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--input", required=True, help="fairseq RoBERTa directory (model.pt, dict.txt)")
-    parser.add_argument("--output", required=True, help="directory to write the Longformer model to")
+    add_input_output_flags(parser, "fairseq RoBERTa directory (model.pt, dict.txt)",
+                           "directory to write the Longformer model to",
+                           overwrite_help="replace an existing OUTPUT/model.pt")
     parser.add_argument("--max-positions", type=int, default=4096, help="new maximum sequence length (default 4096)")
     parser.add_argument("--attention-window", default="512",
                         help="sliding window per layer, even (default 512); one value or a comma list per layer")
     parser.add_argument("--position-init", choices=("copy", "random"), default="copy",
                         help="new position rows: copies of RoBERTa's (paper) or random (Table 6 ablation)")
     parser.add_argument("--seed", type=int, default=1, help="seed for --position-init random")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing OUTPUT/model.pt")
     return parser
 
 

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import torch
 
 from data_prep.atomic import write_json_atomic
+from data_prep.flags import run_tool
 
 from .modules.span_head import SPAN_HEAD
 from .squad_metrics import evaluate
@@ -158,13 +159,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(format="%(asctime)s | %(levelname)s | %(name)s | %(message)s", level=logging.INFO)
     args = build_parser().parse_args(argv)
-    try:
-        result = predict(args.data, args.split, args.path, args.max_answer_tokens, args.null_threshold,
-                         args.batch_size, args.cpu, args.global_attention)
-    except (ValueError, FileNotFoundError) as err:
-        raise SystemExit(f"longformer-qa-predict: error: {err}") from None
+    result = run_tool("longformer-qa-predict", lambda: predict(
+        args.data, args.split, args.path, args.max_answer_tokens, args.null_threshold, args.batch_size, args.cpu,
+        args.global_attention), (ValueError, FileNotFoundError))
     output = args.output or os.path.join(os.path.dirname(os.path.abspath(args.path)), f"predictions_{args.split}.json")
     write_json_atomic(output, result)
     print(f"{args.split}: exact match {result['exact_match']:.2f}, F1 {result['f1']:.2f} over {result['questions']:,} "

@@ -11,12 +11,9 @@ from __future__ import annotations
 from fairseq.criterions import register_criterion
 from fairseq.criterions.cross_entropy import CrossEntropyCriterion, CrossEntropyCriterionConfig
 
-from ._bpc import log_bpc
+from ._bpc import BpcLogging
 
 
 @register_criterion("char_lm_bpc", dataclass=CrossEntropyCriterionConfig)
-class CharLMBPCCriterion(CrossEntropyCriterion):
-    @staticmethod
-    def reduce_metrics(logging_outputs) -> None:
-        CrossEntropyCriterion.reduce_metrics(logging_outputs)
-        log_bpc(logging_outputs, "ntokens")
+class CharLMBPCCriterion(BpcLogging, CrossEntropyCriterion):
+    bpc_count_key = "ntokens"

@@ -11,16 +11,9 @@ from __future__ import annotations
 from fairseq.criterions import register_criterion
 from fairseq.criterions.masked_lm import MaskedLmConfig, MaskedLmLoss
 
-from ._bpc import log_bpc
+from ._bpc import BpcLogging
 
 
 @register_criterion("masked_lm_bpc", dataclass=MaskedLmConfig)
-class MaskedLmBpcLoss(MaskedLmLoss):
-    @staticmethod
-    def reduce_metrics(logging_outputs) -> None:
-        MaskedLmLoss.reduce_metrics(logging_outputs)
-        log_bpc(logging_outputs, "sample_size")
-
-    @staticmethod
-    def logging_outputs_can_be_summed() -> bool:
-        return True
+class MaskedLmBpcLoss(BpcLogging, MaskedLmLoss):
+    bpc_count_key = "sample_size"

@@ -21,6 +21,7 @@ from fairseq import options, tasks
 from fairseq.dataclass.utils import convert_namespace_to_omegaconf
 
 from data_prep.atomic import check_output_dir, staged_dir
+from data_prep.flags import add_input_output_flags
 
 from ..convert_roberta import ConversionError, fairseq_checkpoint, run_tool
 from . import mapping
@@ -198,9 +199,8 @@ def _fairseq_weights(state: dict, layers: int, fresh: dict) -> dict:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="longformer-import-hf", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--input", required=True, help="HF Longformer directory (config.json, weights, tokenizer)")
-    parser.add_argument("--output", required=True, help="directory to write model.pt, dict.txt and the BPE files")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing --output")
+    add_input_output_flags(parser, "HF Longformer directory (config.json, weights, tokenizer)",
+                           "directory to write model.pt, dict.txt and the BPE files")
     return parser
 
 

@@ -23,6 +23,7 @@ from data_prep.atomic import (
     write_json_atomic,
     write_text_atomic,
 )
+from data_prep.flags import add_input_output_flags
 
 from ..convert_roberta import (
     ConversionError,
@@ -195,12 +196,10 @@ def _build_hf(fields: dict, state: dict, vocab: dict, merges: list, max_length: 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="longformer-export-hf", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--input", required=True,
-                        help="longformer_roberta directory: checkpoint, dict.txt, encoder.json, vocab.bpe")
-    parser.add_argument("--output", required=True, help="HF directory to write (must not exist or be empty)")
+    add_input_output_flags(parser, "longformer_roberta directory: checkpoint, dict.txt, encoder.json, vocab.bpe",
+                           "HF directory to write (must not exist or be empty)")
     parser.add_argument("--checkpoint-file", default="model.pt",
                         help="checkpoint inside --input (default model.pt; e.g. checkpoint_best.pt)")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing --output")
     return parser
 
 

@@ -27,7 +27,12 @@ from fairseq.models.bart.model import BARTModel, bart_base_architecture, bart_la
 from fairseq.utils import safe_getattr
 
 from ..tasks.global_attention import GLOBAL_ATTENTION_MODES, global_attention_mask
-from .longformer_roberta import LongformerTransformerEncoder, add_encoder_attention_args, encoder_attention_defaults
+from .longformer_roberta import (
+    LoadsLocalDirectory,
+    LongformerTransformerEncoder,
+    add_encoder_attention_args,
+    encoder_attention_defaults,
+)
 
 
 def source_global_attention_mask(src_tokens: torch.Tensor, mode: str, eos: int, pad: int) -> torch.Tensor:
@@ -73,10 +78,8 @@ class LongformerBartEncoder(LongformerTransformerEncoder):
 
 
 @register_model("longformer_bart")
-class LongformerBartModel(BARTModel):
-    @classmethod
-    def hub_models(cls):
-        return {}  # nothing is downloaded; convert a BART directory with longformer-convert-bart
+class LongformerBartModel(LoadsLocalDirectory, BARTModel):
+    hub_loader = "load_longformer_bart"
 
     @staticmethod
     def add_args(parser):
@@ -120,14 +123,6 @@ class LongformerBartModel(BARTModel):
             last_eos = x[src_tokens.eq(self.eos), :].view(x.size(0), -1, x.size(-1))[:, -1, :]
             x = self.classification_heads[classification_head_name](last_eos)
         return x, extra
-
-    @classmethod
-    def from_pretrained(cls, model_name_or_path, checkpoint_file="model.pt", data_name_or_path=".",
-                        bpe=None, **kwargs):
-        """Load a converted (or finetuned) directory; never downloads. See ``fairseq_longformer.hub``."""
-        from ..hub import load_longformer_bart
-
-        return load_longformer_bart(model_name_or_path, checkpoint_file, data_name_or_path, bpe=bpe, **kwargs)
 
 
 class LongformerBartHubInterface(BARTHubInterface):

@@ -7,6 +7,8 @@ position table and no ``buffered_future_mask``: causality lives in the attention
 """
 
 # No `from __future__ import annotations` here: fairseq reads the dataclass field types at run time.
+import copy
+import functools
 import math
 from dataclasses import dataclass, field
 from typing import List
@@ -147,39 +149,32 @@ class LongformerLMDecoder(FairseqDecoder):
         return self.max_target_positions
 
 
+# Each --arch's defaults; what the command line or a config sets wins.
+ARCH_DEFAULTS = {
+    # Table 12 small: 12 layers, phase-1 windows 32 -> 512, gaps 0/1/2/3 on layers 0-5/6-7/8-9/10-11.
+    "longformer_lm_small": {
+        "decoder_embed_dim": 512, "decoder_ffn_embed_dim": 2048, "decoder_layers": 12, "decoder_attention_heads": 8,
+        "attention_window": SMALL_WINDOWS, "attention_dilation": SMALL_DILATIONS, "dilated_heads": 2, "dropout": 0.2,
+    },
+    # Table 12 large: 30 layers, phase-1 windows 32 -> 512, gaps 0/1/2/3 on layers 0-14/15-19/20-24/25-29.
+    "longformer_lm_large": {
+        "decoder_embed_dim": 512, "decoder_ffn_embed_dim": 2048, "decoder_layers": 30, "decoder_attention_heads": 8,
+        "attention_window": [32] * 5 + [64] * 5 + [128] * 5 + [256] * 7 + [512] * 8,
+        "attention_dilation": [1] * 15 + [2] * 5 + [3] * 5 + [4] * 5, "dilated_heads": 2, "dropout": 0.4,
+    },
+    # A 2-core CPU size for the demo and tests: 3 layers, 128 hidden, 4 heads.
+    "longformer_lm_tiny": {
+        "decoder_embed_dim": 128, "decoder_ffn_embed_dim": 512, "decoder_layers": 3, "decoder_attention_heads": 4,
+        "attention_window": [16, 32, 64], "attention_dilation": [1, 1, 2], "dilated_heads": 2, "dropout": 0.1,
+    },
+}
+
+
 def _set_defaults(args, **defaults) -> None:
+    """Set each of ``defaults`` on ``args`` that ``args`` does not set already (a copy, so no arch shares a list)."""
     for name, value in defaults.items():
-        setattr(args, name, safe_getattr(args, name, value))
+        setattr(args, name, safe_getattr(args, name, copy.copy(value)))
 
 
-@register_model_architecture("longformer_lm", "longformer_lm_small")
-def longformer_lm_small(args):
-    """Table 12 small: 12 layers, phase-1 windows 32 -> 512, gaps 0/1/2/3 on layers 0-5/6-7/8-9/10-11."""
-    _set_defaults(
-        args,
-        decoder_embed_dim=512, decoder_ffn_embed_dim=2048, decoder_layers=12, decoder_attention_heads=8,
-        attention_window=SMALL_WINDOWS, attention_dilation=SMALL_DILATIONS,
-        dilated_heads=2, dropout=0.2,
-    )
-
-
-@register_model_architecture("longformer_lm", "longformer_lm_large")
-def longformer_lm_large(args):
-    """Table 12 large: 30 layers, phase-1 windows 32 -> 512, gaps 0/1/2/3 on layers 0-14/15-19/20-24/25-29."""
-    _set_defaults(
-        args,
-        decoder_embed_dim=512, decoder_ffn_embed_dim=2048, decoder_layers=30, decoder_attention_heads=8,
-        attention_window=[32] * 5 + [64] * 5 + [128] * 5 + [256] * 7 + [512] * 8,
-        attention_dilation=[1] * 15 + [2] * 5 + [3] * 5 + [4] * 5,
-        dilated_heads=2, dropout=0.4,
-    )
-
-
-@register_model_architecture("longformer_lm", "longformer_lm_tiny")
-def longformer_lm_tiny(args):
-    """A 2-core CPU size for the demo and tests: 3 layers, 128 hidden, 4 heads."""
-    _set_defaults(
-        args,
-        decoder_embed_dim=128, decoder_ffn_embed_dim=512, decoder_layers=3, decoder_attention_heads=4,
-        attention_window=[16, 32, 64], attention_dilation=[1, 1, 2], dilated_heads=2, dropout=0.1,
-    )
+for _arch, _defaults in ARCH_DEFAULTS.items():
+    register_model_architecture("longformer_lm", _arch)(functools.partial(_set_defaults, **_defaults))

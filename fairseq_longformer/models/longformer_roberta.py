@@ -253,8 +253,29 @@ def freeze_all_but_new_positions(model: nn.Module, source_rows: int) -> None:
                 sentence_encoder.embed_positions.new_weight.shape[0])
 
 
+class LoadsLocalDirectory:
+    """Mixin before a fairseq model: ``from_pretrained(DIR)`` loads a local converted directory, never downloads."""
+
+    hub_loader: str  # the function of fairseq_longformer/hub.py that loads this model's directory
+
+    @classmethod
+    def hub_models(cls):
+        return {}  # nothing is downloaded; convert a directory with longformer-convert-roberta / -bart
+
+    @classmethod
+    def from_pretrained(cls, model_name_or_path, checkpoint_file="model.pt", data_name_or_path=".",
+                        bpe=None, **kwargs):
+        """Load a converted, trained or finetuned directory. See ``fairseq_longformer.hub``."""
+        from .. import hub  # at call time: hub imports the models
+
+        load = getattr(hub, cls.hub_loader)
+        return load(model_name_or_path, checkpoint_file, data_name_or_path, bpe=bpe, **kwargs)
+
+
 @register_model("longformer_roberta")
-class LongformerRobertaModel(RobertaModel):
+class LongformerRobertaModel(LoadsLocalDirectory, RobertaModel):
+    hub_loader = "load_longformer_roberta"
+
     def __init__(self, args, encoder):
         super().__init__(args, encoder)
         self.span_heads = nn.ModuleDict()  # extractive QA (modules/span_head.py), saved like classification_heads
@@ -267,10 +288,6 @@ class LongformerRobertaModel(RobertaModel):
         super().upgrade_state_dict_named(state_dict, name)
         upgrade_span_heads(self, state_dict, name + "." if name else "",
                            bool(getattr(self.args, "load_checkpoint_heads", False)))
-
-    @classmethod
-    def hub_models(cls):
-        return {}  # nothing is downloaded; convert a RoBERTa directory with longformer-convert-roberta
 
     @staticmethod
     def add_args(parser):
@@ -316,14 +333,6 @@ class LongformerRobertaModel(RobertaModel):
         elif span_head_name is not None:
             x = self.span_heads[span_head_name](x)
         return x, extra
-
-    @classmethod
-    def from_pretrained(cls, model_name_or_path, checkpoint_file="model.pt", data_name_or_path=".",
-                        bpe=None, **kwargs):
-        """Load a converted (or trained) directory; never downloads. See ``fairseq_longformer.hub``."""
-        from ..hub import load_longformer_roberta
-
-        return load_longformer_roberta(model_name_or_path, checkpoint_file, data_name_or_path, bpe=bpe, **kwargs)
 
 
 @register_model_architecture("longformer_roberta", "longformer_roberta")

@@ -12,6 +12,7 @@ Padding is never global. Works on one sample ``[T]`` or a batch ``[B, T]``.
 from __future__ import annotations
 
 import torch
+from fairseq.data import BaseWrapperDataset
 
 GLOBAL_ATTENTION_MODES = ("cls", "first-segment", "none")
 
@@ -31,3 +32,17 @@ def global_attention_mask(tokens: torch.Tensor, mode: str, eos: int, pad: int) -
         first_eos = torch.where(is_eos.any(-1), is_eos.int().argmax(-1), tokens.shape[-1])
         mask = positions < first_eos.unsqueeze(-1)
     return mask.expand_as(tokens) & tokens.ne(pad)
+
+
+class GlobalAttentionMaskDataset(BaseWrapperDataset):
+    """Bool mask of each item's global tokens (:func:`global_attention_mask`); pad with ``RightPadDataset(.., 0)``."""
+
+    def __init__(self, tokens, mode: str, eos: int, pad: int):
+        super().__init__(tokens)
+        self.mode, self.eos, self.pad = mode, eos, pad
+
+    def __getitem__(self, index):
+        return global_attention_mask(self.dataset[index], self.mode, self.eos, self.pad)
+
+    def collater(self, samples):
+        raise NotImplementedError("wrap in RightPadDataset(..., pad_idx=0)")

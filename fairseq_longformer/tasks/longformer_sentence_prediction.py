@@ -39,7 +39,7 @@ from fairseq.tasks.sentence_prediction import (
 )
 from omegaconf import II
 
-from .global_attention import GLOBAL_ATTENTION_MODES, global_attention_mask
+from .global_attention import GLOBAL_ATTENTION_MODES, GlobalAttentionMaskDataset
 
 logger = logging.getLogger(__name__)
 
@@ -89,20 +89,6 @@ class KeepEndsTruncateDataset(TruncateDataset):
 
     def __getitem__(self, index):
         return truncate_keeping_ends(self.dataset[index], self.truncation_length)
-
-
-class GlobalAttentionMaskDataset(BaseWrapperDataset):
-    """Bool mask of one input's global tokens (``global_attention_mask``); pad with ``RightPadDataset(.., 0)``."""
-
-    def __init__(self, tokens, mode: str, eos: int, pad: int):
-        super().__init__(tokens)
-        self.mode, self.eos, self.pad = mode, eos, pad
-
-    def __getitem__(self, index):
-        return global_attention_mask(self.dataset[index], self.mode, self.eos, self.pad)
-
-    def collater(self, samples):
-        raise NotImplementedError("wrap in RightPadDataset(..., pad_idx=0)")
 
 
 def _swap_source(dataset, old, new):

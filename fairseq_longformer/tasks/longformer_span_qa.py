@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from fairseq.data import (
-    BaseWrapperDataset,
     Dictionary,
     IdDataset,
     NestedDictionaryDataset,
@@ -30,7 +29,7 @@ from fairseq.tasks import FairseqTask, register_task
 from omegaconf import II, MISSING
 
 from ..modules.span_head import SPAN_HEAD
-from .global_attention import global_attention_mask
+from .global_attention import GlobalAttentionMaskDataset
 
 logger = logging.getLogger(__name__)
 
@@ -57,20 +56,6 @@ def read_meta(data: str) -> dict:
     if meta.get("format") != DATA_FORMAT:
         raise ValueError(f"{path}: format {meta.get('format')!r}, expected {DATA_FORMAT!r}; re-run longformer-prep-qa")
     return meta
-
-
-class GlobalAttentionMaskDataset(BaseWrapperDataset):
-    """Bool mask of each row's global tokens (``global_attention.py``); wrap in ``RightPadDataset(pad_idx=0)``."""
-
-    def __init__(self, tokens, mode: str, eos: int, pad: int):
-        super().__init__(tokens)
-        self.mode, self.eos, self.pad = mode, eos, pad
-
-    def __getitem__(self, index):
-        return global_attention_mask(self.dataset[index], self.mode, self.eos, self.pad)
-
-    def collater(self, samples):
-        raise NotImplementedError("wrap in RightPadDataset")
 
 
 @register_task("longformer_span_qa", dataclass=LongformerSpanQaConfig)
