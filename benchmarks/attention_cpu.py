@@ -267,29 +267,38 @@ def _slope(points):
     return sum((x - mx) * (y - my) for x, y in points) / sum((x - mx) ** 2 for x in xs)
 
 
-def plot(rows, lengths, path):
+def save_length_plots(panels, title, path, log_y=False):
+    """One row of panels over a log2 sequence-length axis; ``panels`` is ``[(title, {label: [(T, y), ...]})]``."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    panels = (("fwd_s", "forward time (s)"), ("fwdbwd_s", "forward+backward time (s)"),
-              ("fwdbwd_mib", "forward+backward peak memory (MiB)"))
     fig, axes = plt.subplots(1, len(panels), figsize=(15, 4))
-    for ax, (key, title) in zip(axes, panels):
-        for name in IMPLEMENTATIONS:
-            pts = [(T, rows[("plain", T, name)][key]) for T in lengths if key in rows.get(("plain", T, name), {})]
-            if pts:
-                ax.plot(*zip(*pts), "o-", label=name)
+    for ax, (panel_title, series) in zip(axes, panels):
+        for label, points in series.items():
+            if points:
+                ax.plot(*zip(*points), "o-", label=label)
         ax.set_xscale("log", base=2)
-        ax.set_yscale("log")
+        if log_y:
+            ax.set_yscale("log")
         ax.set_xlabel("sequence length T")
-        ax.set_title(title)
+        ax.set_title(panel_title)
         ax.legend()
-    fig.suptitle(f"Longformer attention on CPU ({torch.get_num_threads()} thread(s), 12 heads, d=64)")
+    fig.suptitle(title)
     fig.tight_layout()
     with atomic_file(path) as tmp:
         fig.savefig(tmp, dpi=110)
+
+
+def plot(rows, lengths, path):
+    panels = (("fwd_s", "forward time (s)"), ("fwdbwd_s", "forward+backward time (s)"),
+              ("fwdbwd_mib", "forward+backward peak memory (MiB)"))
+    save_length_plots(
+        [(title, {name: [(T, rows[("plain", T, name)][key]) for T in lengths if key in rows.get(("plain", T, name), {})]
+                  for name in IMPLEMENTATIONS})
+         for key, title in panels],
+        f"Longformer attention on CPU ({torch.get_num_threads()} thread(s), 12 heads, d=64)", path, log_y=True)
     print(f"\nplot: {path}")
 
 

@@ -39,7 +39,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from attention_cpu import peak_mib  # noqa: E402  (also makes glibc return freed blocks to the OS)
+from attention_cpu import peak_mib, save_length_plots  # noqa: E402  (also makes glibc return freed blocks to the OS)
 
 from data_prep.atomic import atomic_file, write_json_atomic, write_text_atomic  # noqa: E402
 
@@ -206,25 +206,12 @@ def _transformers_version() -> str:
 
 
 def plot(results, lengths, path):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
     panels = (("fwd", "s", "inference forward (s)"), ("train", "s", "forward + backward (s)"),
               ("train", "mib", "forward + backward peak MiB"))
-    for ax, (mode, key, title) in zip(axes, panels):
-        for name in ROWS:
-            ax.plot(lengths, [results[T][name, mode][key] for T in lengths], "o-", label=name)
-        ax.set_xscale("log", base=2)
-        ax.set_xlabel("sequence length T")
-        ax.set_title(title)
-        ax.legend()
-    fig.suptitle(f"Longformer base encoder on CPU ({torch.get_num_threads()} thread), ours vs HF, same weights")
-    fig.tight_layout()
-    with atomic_file(path) as tmp:
-        fig.savefig(tmp, dpi=110)
+    save_length_plots(
+        [(title, {name: [(T, results[T][name, mode][key]) for T in lengths] for name in ROWS})
+         for mode, key, title in panels],
+        f"Longformer base encoder on CPU ({torch.get_num_threads()} thread), ours vs HF, same weights", path)
 
 
 def main(argv=None):
