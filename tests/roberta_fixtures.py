@@ -4,6 +4,9 @@
 ``legacy=False`` through fairseq's ``Trainer.save_checkpoint`` (current key names, ``cfg``);
 ``legacy=True`` like the released RoBERTa checkpoints (``args`` Namespace, ``decoder.*`` keys,
 ``emb_layer_norm``, no ``version`` buffer).
+
+Also what several test files share: hydra values for short runs of the shipped configs, the checks every
+converter's output must pass (``assert_*``), and the check that a failed tool run leaves nothing behind.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import numpy as np
 import pytest
 import torch
 
-import fairseq_longformer
+import fairseq_longformer  # importing it registers the plugin with fairseq
 from fairseq import options, tasks
 from fairseq.data import Dictionary, indexed_dataset
 from fairseq.dataclass.utils import convert_namespace_to_omegaconf
@@ -166,11 +169,12 @@ def short_run_values(data: str, save_dir: str) -> dict:
             "checkpoint.save_dir": save_dir, "optimization.max_update": 2, "dataset.num_workers": 0}
 
 
-def tiny_model_values(tiny: dict = TINY, parts=("encoder",)) -> dict:
-    """hydra ``model.*`` values that shrink a shipped config's ``parts`` (encoder, decoder) to ``tiny`` sizes."""
+def tiny_restore_values(model_dir: str, window: str, tiny: dict = TINY, parts=("encoder",)) -> dict:
+    """hydra values that start a shipped config from the tiny ``model_dir/model.pt``: its sizes and window."""
     sizes = (("layers", "layers"), ("embed_dim", "embed_dim"), ("ffn_embed_dim", "ffn_dim"),
              ("attention_heads", "heads"))
-    return {f"model.{part}_{key}": tiny[size] for part in parts for key, size in sizes}
+    return {"checkpoint.restore_file": f"{model_dir}/model.pt", "model.attention_window": f"'{window}'",
+            **{f"model.{part}_{key}": tiny[size] for part in parts for key, size in sizes}}
 
 
 def free_port() -> int:
