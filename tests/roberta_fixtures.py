@@ -4,6 +4,9 @@
 ``legacy=False`` through fairseq's ``Trainer.save_checkpoint`` (current key names, ``cfg``);
 ``legacy=True`` like the released RoBERTa checkpoints (``args`` Namespace, ``decoder.*`` keys,
 ``emb_layer_norm``, no ``version`` buffer).
+
+Also what several test files share: hydra values for short runs of the shipped configs, the checks every
+converter's output must pass (``assert_*``), and the check that a failed tool run leaves nothing behind.
 """
 
 from __future__ import annotations
@@ -12,9 +15,10 @@ import json
 import os
 
 import numpy as np
+import pytest
 import torch
 
-import fairseq_longformer  # noqa: F401
+import fairseq_longformer  # importing it registers the plugin with fairseq
 from fairseq import options, tasks
 from fairseq.data import Dictionary, indexed_dataset
 from fairseq.dataclass.utils import convert_namespace_to_omegaconf
@@ -159,6 +163,20 @@ def run_hydra_train(config_dir: str, config: str, values: dict, extra: list, cwd
     return out
 
 
+def short_run_values(data: str, save_dir: str) -> dict:
+    """hydra values every shipped-config run sets: the plugin, the data, where to save, 2 updates, no workers."""
+    return {"common.user_dir": os.path.dirname(fairseq_longformer.__file__), "task.data": data,
+            "checkpoint.save_dir": save_dir, "optimization.max_update": 2, "dataset.num_workers": 0}
+
+
+def tiny_restore_values(model_dir: str, window: str, tiny: dict = TINY, parts=("encoder",)) -> dict:
+    """hydra values that start a shipped config from the tiny ``model_dir/model.pt``: its sizes and window."""
+    sizes = (("layers", "layers"), ("embed_dim", "embed_dim"), ("ffn_embed_dim", "ffn_dim"),
+             ("attention_heads", "heads"))
+    return {"checkpoint.restore_file": f"{model_dir}/model.pt", "model.attention_window": f"'{window}'",
+            **{f"model.{part}_{key}": tiny[size] for part in parts for key, size in sizes}}
+
+
 def free_port() -> int:
     import socket
 
@@ -175,6 +193,79 @@ def load_longformer(directory: str, **overrides):
         [os.path.join(directory, "model.pt")], arg_overrides={"data": directory, **overrides}
     )
     return models[0]
+
+
+def convert_both_layouts(root, make_source, convert, options, prefix: str) -> dict:
+    """``{"current"|"legacy": (source_dir, converted_dir)}``: a tiny source in each checkpoint layout, converted."""
+    out = {}
+    for legacy in (False, True):
+        name = "legacy" if legacy else "current"
+        src = make_source(str(root / f"src_{name}"), legacy=legacy, seed=int(legacy))
+        convert(src, str(root / f"{prefix}_{name}"), options)
+        out[name] = (src, str(root / f"{prefix}_{name}"))
+    return out
+
+
+def load_states(*directories: str) -> list:
+    """The weights (``model`` of ``model.pt``) of each directory's checkpoint."""
+    return [torch.load(os.path.join(d, "model.pt"), weights_only=True)["model"] for d in directories]
+
+
+def assert_positions_tiled(old, new, positions: int, source_positions: int) -> None:
+    """Converted position table: 2 padding-offset rows kept, then the source's rows copied again and again."""
+    assert new.shape == (positions + 2, old.shape[1])
+    assert torch.equal(new[:2], old[:2])
+    for copy in range(positions // source_positions):
+        start = 2 + copy * source_positions
+        assert torch.equal(new[start:start + source_positions], old[2:])
+
+
+def assert_global_projections_untied_copies(attention) -> None:
+    """Qg/Kg/Vg equal Q/K/V but own their storage: changing Qg leaves Q as it was."""
+    for local, global_ in (("q_proj", "q_global"), ("k_proj", "k_global"), ("v_proj", "v_global")):
+        a, b = getattr(attention, local).weight, getattr(attention, global_).weight
+        assert torch.equal(a, b) and a.data_ptr() != b.data_ptr()
+    with torch.no_grad():
+        attention.q_global.weight.add_(1.0)
+    assert not torch.equal(attention.q_proj.weight, attention.q_global.weight)
+
+
+def assert_written_whole_and_not_overwritten(convert, options, src: str, out: str) -> None:
+    """A converter's ``out`` holds only ``dict.txt`` + ``model.pt`` (no temporaries) and a second run is refused."""
+    from fairseq_longformer.conversion import ConversionError
+
+    assert sorted(os.listdir(out)) == ["dict.txt", "model.pt"]  # no temporary files left behind
+    with pytest.raises(ConversionError, match="exists; pass --overwrite"):
+        convert(src, out, options)
+
+
+def assert_refuses_bad_sizes_and_missing_model(convert, options_type, src: str, tmp_path,
+                                               too_small: str, not_found: str) -> str:
+    """A converter refuses too few positions, an odd window, a window list of the wrong length, no model.pt.
+
+    Each is asked to write ``tmp_path/out`` (returned, for the caller's further refusals); ``tmp_path`` is
+    the input without a model.pt. ``too_small`` and ``not_found`` are what the first and last messages match.
+    """
+    from fairseq_longformer.conversion import ConversionError
+
+    out, empty_dir = str(tmp_path / "out"), str(tmp_path)
+    with pytest.raises(ConversionError, match=too_small):
+        convert(src, out, options_type(16, "8"))
+    with pytest.raises(ConversionError, match="even"):
+        convert(src, out, options_type(64, "63"))
+    with pytest.raises(ConversionError, match="3 values but the model has 2 layers"):
+        convert(src, out, options_type(64, "8,8,8"))
+    with pytest.raises(ConversionError, match=not_found):
+        convert(empty_dir, out, options_type())
+    return out
+
+
+def assert_fails_leaving_nothing(run, error, message, out: str) -> None:
+    """``run()`` raises ``error`` (matching ``message``) and leaves neither ``out`` nor a staging folder beside it."""
+    with pytest.raises(error, match=message):
+        run()
+    assert not os.path.exists(out)
+    assert not [p for p in os.listdir(os.path.dirname(out)) if ".tmp-" in p]
 
 
 def ddp_worker(rank: int, world_size: int, port: int, model_dir: str, results):

@@ -7,8 +7,6 @@ import logging
 import os
 import re
 import shutil
-import subprocess
-import sys
 
 import pytest
 import roberta_fixtures as rf
@@ -158,26 +156,15 @@ def test_config_runs_with_fairseq_hydra_train(setup, config):
     """Every key of the YAML runs as written but the data, the run length and (base) the model size / GPU
     settings; base restores the converted Longformer, the demo trains from scratch."""
     root, lf, data, _ = setup
-    t = rf.TINY
-    values = {"common.user_dir": USER_DIR, "task.data": data, "task.num_classes": 2,
-              "checkpoint.save_dir": f"{root}/{config}", "optimization.max_update": 2, "dataset.num_workers": 0}
+    values = {**rf.short_run_values(data, f"{root}/{config}"), "task.num_classes": 2}
     if config == "classification_base":
         values.update({
-            "checkpoint.restore_file": f"{lf}/model.pt", "task.max_positions": POSITIONS,
-            "model.max_positions": POSITIONS, "model.encoder_layers": t["layers"],
-            "model.encoder_embed_dim": t["embed_dim"], "model.encoder_ffn_embed_dim": t["ffn_dim"],
-            "model.encoder_attention_heads": t["heads"], "model.roberta_max_positions": t["max_positions"],
-            "model.attention_window": f"'{WINDOW}'", "common.fp16": "false", "common.cpu": "true",
-            "optimization.update_freq": "[1]",
+            **rf.tiny_restore_values(lf, WINDOW), "task.max_positions": POSITIONS, "model.max_positions": POSITIONS,
+            "model.roberta_max_positions": rf.TINY["max_positions"],
+            "common.fp16": "false", "common.cpu": "true", "optimization.update_freq": "[1]",
         })
-    overrides = [f"++{k}={v}" for k, v in values.items()]
-    cmd = [sys.executable, "-m", "fairseq_cli.hydra_train", "--config-dir", CONFIGS, "--config-name", config,
-           *overrides]
-    proc = subprocess.run(cmd, cwd=root, capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})
-    out = proc.stdout + proc.stderr
-    assert proc.returncode == 0, out[-3000:]
+    # run_hydra_train also checks the exit status and that hydra left no outputs/ folder behind
+    out = rf.run_hydra_train(CONFIGS, config, values, [], cwd=root)
     assert "num_updates: 2 >= max_update: 2" in out
     assert re.search(r"valid on 'valid' subset .*accuracy|\"valid_accuracy\"", out)  # simple / json log format
     assert ("Loaded checkpoint" in out) == (config == "classification_base")
-    assert not os.path.exists(root / "outputs")  # hydra.run.dir keeps fairseq in the launch directory

@@ -220,10 +220,6 @@ def _edited_copy(source, dest, **model_cfg):
     return str(dest)
 
 
-def _no_output(tmp_path, out):
-    return not os.path.exists(out) and not [p for p in os.listdir(tmp_path) if ".tmp-" in p]
-
-
 @pytest.mark.parametrize("cfg, message", [
     (dict(encoder_normalize_before=True), "pre-LayerNorm"),
     (dict(activation_fn="relu"), "activation 'relu'"),
@@ -237,9 +233,7 @@ def _no_output(tmp_path, out):
 def test_export_refuses_what_hf_cannot_compute(dirs, tmp_path, cfg, message):
     source = _edited_copy(dirs["complete"][0], tmp_path / "src", **cfg)
     out = str(tmp_path / "hf")
-    with pytest.raises(ConversionError, match=message):
-        to_hf.export(source, out)
-    assert _no_output(tmp_path, out)
+    rf.assert_fails_leaving_nothing(functools.partial(to_hf.export, source, out), ConversionError, message, out)
 
 
 def _edited_hf(source, dest, config=None, vocab=None, weights=None):
@@ -281,9 +275,7 @@ def _nan_at(key, rows=slice(None)):
 def test_import_refuses_what_fairseq_cannot_hold(dirs, tmp_path, edit, message):
     source = _edited_hf(dirs["complete"][1], tmp_path / "src", **edit)
     out = str(tmp_path / "fs")
-    with pytest.raises(ConversionError, match=message):
-        from_hf.import_hf(source, out)
-    assert _no_output(tmp_path, out)
+    rf.assert_fails_leaving_nothing(functools.partial(from_hf.import_hf, source, out), ConversionError, message, out)
     with pytest.raises(SystemExit, match="longformer-import-hf: error: "):
         from_hf.main(["--input", source, "--output", out])
 
@@ -311,9 +303,7 @@ def test_interrupted_run_leaves_nothing(dirs, tmp_path, monkeypatch, tool):
     else:
         monkeypatch.setattr(from_hf, "fairseq_checkpoint", interrupt)  # after dict.txt and the BPE files
         run = functools.partial(from_hf.import_hf, dirs["complete"][1], out)
-    with pytest.raises(KeyboardInterrupt):
-        run()
-    assert _no_output(tmp_path, out)
+    rf.assert_fails_leaving_nothing(run, KeyboardInterrupt, None, out)
 
 
 def test_existing_output_needs_overwrite(dirs, tmp_path):

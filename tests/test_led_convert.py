@@ -20,14 +20,8 @@ PAD, BOS, EOS = 1, 0, 2
 
 @pytest.fixture(scope="module")
 def dirs(tmp_path_factory):
-    root = tmp_path_factory.mktemp("bart")
-    out = {}
-    for legacy in (False, True):
-        name = "legacy" if legacy else "current"
-        src = lf.make_bart_dir(str(root / f"src_{name}"), legacy=legacy, seed=int(legacy))
-        convert(src, str(root / f"led_{name}"), LedConversionOptions(max_source_positions=128, attention_window="64"))
-        out[name] = (src, str(root / f"led_{name}"))
-    return out
+    return rf.convert_both_layouts(tmp_path_factory.mktemp("bart"), lf.make_bart_dir, convert,
+                                   LedConversionOptions(max_source_positions=128, attention_window="64"), "led")
 
 
 def _sources(lengths, seed=0, left_pad=True):
@@ -94,25 +88,13 @@ def test_window_narrower_than_input_changes_the_encoder(dirs):
 
 def test_encoder_positions_copied_decoder_positions_kept_global_projections_untied(dirs):
     src, led = dirs["current"]
-    source = torch.load(os.path.join(src, "model.pt"), weights_only=True)["model"]
-    converted = torch.load(os.path.join(led, "model.pt"), weights_only=True)["model"]
-    old, new = source[POSITIONS_KEY], converted[POSITIONS_KEY]
-    assert new.shape == (128 + 2, old.shape[1])
-    assert torch.equal(new[:2], old[:2])
-    for copy in range(128 // SOURCE_POSITIONS):
-        start = 2 + copy * SOURCE_POSITIONS
-        assert torch.equal(new[start:start + SOURCE_POSITIONS], old[2:])
+    source, converted = rf.load_states(src, led)
+    rf.assert_positions_tiled(source[POSITIONS_KEY], converted[POSITIONS_KEY], 128, SOURCE_POSITIONS)
     assert torch.equal(converted["decoder.embed_positions.weight"], source["decoder.embed_positions.weight"])
     assert not any("global" in key for key in converted if key.startswith("decoder."))
 
     model = LongformerBartModel.from_pretrained(led).model
-    attention = model.encoder.layers[1].self_attn
-    for local, global_ in (("q_proj", "q_global"), ("k_proj", "k_global"), ("v_proj", "v_global")):
-        a, b = getattr(attention, local).weight, getattr(attention, global_).weight
-        assert torch.equal(a, b) and a.data_ptr() != b.data_ptr()
-    with torch.no_grad():
-        attention.q_global.weight.add_(1.0)
-    assert not torch.equal(attention.q_proj.weight, attention.q_global.weight)
+    rf.assert_global_projections_untied_copies(model.encoder.layers[1].self_attn)
     assert model.encoder.max_positions() == 128 and model.decoder.max_positions() == SOURCE_POSITIONS
 
 
@@ -137,22 +119,15 @@ def test_hub_generate_equals_sequence_generator_and_takes_long_sources(dirs):
 
 def test_output_is_written_atomically_and_refuses_to_overwrite(dirs):
     src, led = dirs["current"]
-    assert sorted(os.listdir(led)) == ["dict.txt", "model.pt"]  # no temporary files left behind
-    with pytest.raises(ConversionError, match="exists; pass --overwrite"):
-        convert(src, led, LedConversionOptions(128, "64"))
+    rf.assert_written_whole_and_not_overwritten(convert, LedConversionOptions(128, "64"), src, led)
 
 
 def test_bad_inputs_are_refused_with_a_clear_message(dirs, tmp_path):
     src, led = dirs["current"]
-    out = str(tmp_path / "out")
-    with pytest.raises(ConversionError, match="--max-source-positions 16 is smaller than the source's 32"):
-        convert(src, out, LedConversionOptions(max_source_positions=16, attention_window="8"))
-    with pytest.raises(ConversionError, match="even"):
-        convert(src, out, LedConversionOptions(max_source_positions=64, attention_window="63"))
-    with pytest.raises(ConversionError, match="3 values but the model has 2 layers"):
-        convert(src, out, LedConversionOptions(max_source_positions=64, attention_window="8,8,8"))
-    with pytest.raises(ConversionError, match="model.pt not found: --input must be a fairseq BART directory"):
-        convert(str(tmp_path), out, LedConversionOptions())
+    out = rf.assert_refuses_bad_sizes_and_missing_model(
+        convert, LedConversionOptions, src, tmp_path,
+        too_small="--max-source-positions 16 is smaller than the source's 32",
+        not_found="model.pt not found: --input must be a fairseq BART directory")
     with pytest.raises(ConversionError, match="'longformer_bart_base' model, not a BART one"):
         convert(led, out, LedConversionOptions())  # a real fairseq checkpoint of another model: the LED itself
     roberta = rf.make_roberta_dir(str(tmp_path / "roberta"))

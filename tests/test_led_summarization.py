@@ -299,14 +299,9 @@ HYDRA_OVERRIDES = {"demo": [], "base": ["common.fp16=false", "common.cpu=true", 
 def test_config_runs_with_fairseq_hydra_train(pipeline, config):
     root, led, data = pipeline
     t = lf.TINY
-    values = {
-        "common.user_dir": USER_DIR, "task.data": data, "checkpoint.restore_file": f"{led}/model.pt",
-        "checkpoint.save_dir": f"{root}/hydra_{config}", "optimization.max_update": 2, "dataset.num_workers": 0,
-        "task.max_source_positions": 256, "task.max_target_positions": t["max_positions"],
-        "model.max_source_positions": 256, "model.max_target_positions": t["max_positions"],
-        "model.attention_window": "'16'", "dataset.batch_size": 4,
-        **{f"model.{part}_{key}": t[value] for part in ("encoder", "decoder") for key, value in
-           (("layers", "layers"), ("embed_dim", "embed_dim"), ("ffn_embed_dim", "ffn_dim"), ("attention_heads", "heads"))},
-    }
+    values = {**rf.short_run_values(data, f"{root}/hydra_{config}"), "dataset.batch_size": 4,
+              **rf.tiny_restore_values(led, "16", t, ("encoder", "decoder")),
+              "task.max_source_positions": 256, "task.max_target_positions": t["max_positions"],
+              "model.max_source_positions": 256, "model.max_target_positions": t["max_positions"]}
     out = rf.run_hydra_train(CONFIGS, config, values, HYDRA_OVERRIDES[config], cwd=root)
     assert "Loaded checkpoint" in out and "num_updates: 2 >= max_update: 2" in out

@@ -16,14 +16,8 @@ POSITIONS_KEY = "encoder.sentence_encoder.embed_positions.weight"
 
 @pytest.fixture(scope="module")
 def dirs(tmp_path_factory):
-    root = tmp_path_factory.mktemp("roberta")
-    out = {}
-    for legacy in (False, True):
-        name = "legacy" if legacy else "current"
-        src = rf.make_roberta_dir(str(root / f"src_{name}"), legacy=legacy, seed=int(legacy))
-        convert(src, str(root / f"lf_{name}"), ConversionOptions(max_positions=128, attention_window="64"))
-        out[name] = (src, str(root / f"lf_{name}"))
-    return out
+    return rf.convert_both_layouts(tmp_path_factory.mktemp("roberta"), rf.make_roberta_dir, convert,
+                                   ConversionOptions(max_positions=128, attention_window="64"), "lf")
 
 
 def _tokens(lengths, seq_len, seed=0):
@@ -69,23 +63,11 @@ def test_window_narrower_than_input_changes_features(dirs):
 
 def test_positions_copied_with_padding_rows_kept_and_global_projections_untied(dirs):
     src, lf = dirs["current"]
-    source = torch.load(os.path.join(src, "model.pt"), weights_only=True)["model"]
-    converted = torch.load(os.path.join(lf, "model.pt"), weights_only=True)["model"]
-    old, new = source[POSITIONS_KEY], converted[POSITIONS_KEY]
-    assert new.shape == (128 + 2, old.shape[1])
-    assert torch.equal(new[:2], old[:2])
-    for copy in range(128 // SOURCE_POSITIONS):
-        start = 2 + copy * SOURCE_POSITIONS
-        assert torch.equal(new[start:start + SOURCE_POSITIONS], old[2:])
+    source, converted = rf.load_states(src, lf)
+    rf.assert_positions_tiled(source[POSITIONS_KEY], converted[POSITIONS_KEY], 128, SOURCE_POSITIONS)
 
     model = LongformerRobertaModel.from_pretrained(lf).model
-    attention = model.encoder.sentence_encoder.layers[1].self_attn
-    for local, global_ in (("q_proj", "q_global"), ("k_proj", "k_global"), ("v_proj", "v_global")):
-        a, b = getattr(attention, local).weight, getattr(attention, global_).weight
-        assert torch.equal(a, b) and a.data_ptr() != b.data_ptr()
-    with torch.no_grad():
-        attention.q_global.weight.add_(1.0)
-    assert not torch.equal(attention.q_proj.weight, attention.q_global.weight)
+    rf.assert_global_projections_untied_copies(model.encoder.sentence_encoder.layers[1].self_attn)
 
 
 def test_random_position_init_keeps_source_rows_and_draws_new_ones(dirs, tmp_path):
@@ -101,22 +83,14 @@ def test_random_position_init_keeps_source_rows_and_draws_new_ones(dirs, tmp_pat
 
 def test_output_is_written_atomically_and_refuses_to_overwrite(dirs):
     src, lf = dirs["current"]
-    assert sorted(os.listdir(lf)) == ["dict.txt", "model.pt"]  # no temporary files left behind
-    with pytest.raises(ConversionError, match="exists; pass --overwrite"):
-        convert(src, lf, ConversionOptions(128, "64"))
+    rf.assert_written_whole_and_not_overwritten(convert, ConversionOptions(128, "64"), src, lf)
 
 
 def test_bad_inputs_are_refused_with_a_clear_message(dirs, tmp_path):
     src, _ = dirs["current"]
-    out = str(tmp_path / "out")
-    with pytest.raises(ConversionError, match="smaller than the source's 32"):
-        convert(src, out, ConversionOptions(max_positions=16, attention_window="8"))
-    with pytest.raises(ConversionError, match="even"):
-        convert(src, out, ConversionOptions(max_positions=64, attention_window="63"))
-    with pytest.raises(ConversionError, match="3 values but the model has 2 layers"):
-        convert(src, out, ConversionOptions(max_positions=64, attention_window="8,8,8"))
-    with pytest.raises(ConversionError, match="model.pt not found"):
-        convert(str(tmp_path), out, ConversionOptions())
+    out = rf.assert_refuses_bad_sizes_and_missing_model(convert, ConversionOptions, src, tmp_path,
+                                                        too_small="smaller than the source's 32",
+                                                        not_found="model.pt not found")
 
     garbage = tmp_path / "garbage"
     garbage.mkdir()

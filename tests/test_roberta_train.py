@@ -174,14 +174,8 @@ HYDRA_OVERRIDES = {
 @pytest.mark.parametrize("config", ["demo", "base"])
 def test_config_runs_with_fairseq_hydra_train(setup, config):
     root, lf, data = setup
-    t = rf.TINY
-    values = {
-        "common.user_dir": USER_DIR, "task.data": data, "checkpoint.restore_file": f"{lf}/model.pt",
-        "checkpoint.save_dir": f"{root}/{config}", "optimization.max_update": 2, "task.tokens_per_sample": 128,
-        "model.encoder_layers": t["layers"], "model.encoder_embed_dim": t["embed_dim"],
-        "model.encoder_ffn_embed_dim": t["ffn_dim"], "model.encoder_attention_heads": t["heads"],
-        "model.max_positions": 128, "model.roberta_max_positions": t["max_positions"],
-        "model.attention_window": "'16'", "dataset.num_workers": 0,
-    }
+    values = {**rf.short_run_values(data, f"{root}/{config}"), **rf.tiny_restore_values(lf, "16"),
+              "task.tokens_per_sample": 128, "model.max_positions": 128,
+              "model.roberta_max_positions": rf.TINY["max_positions"]}
     out = rf.run_hydra_train(CONFIGS, config, values, HYDRA_OVERRIDES[config], cwd=root)
     assert "Loaded checkpoint" in out and "num_updates: 2 >= max_update: 2" in out and "bpc" in out
