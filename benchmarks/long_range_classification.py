@@ -57,7 +57,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from data_prep.atomic import atomic_file, write_text_atomic
+from data_prep.atomic import atomic_file, write_text_atomic  # noqa: E402  (after the sys.path line above)
 
 RESULTS = REPO / "benchmarks" / "results"
 SHORT = 512  # the pretrained-transformer limit the paper compares against

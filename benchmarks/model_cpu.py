@@ -41,7 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from attention_cpu import peak_mib, save_length_plots  # noqa: E402  (also makes glibc return freed blocks to the OS)
 
-from data_prep.atomic import atomic_file, write_json_atomic, write_text_atomic  # noqa: E402
+from data_prep.atomic import write_json_atomic, write_text_atomic  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 ROWS = ("ours", "hf", "window0")
