@@ -86,8 +86,9 @@ class LongformerSelfAttention(nn.Module):
     def _global_queries(self, query: torch.Tensor, global_index) -> torch.Tensor:
         """``q_global`` at the global tokens, zero elsewhere: ``[T, B, C]``.
 
-        The op reads ``q_global`` only at global tokens (DESIGN.md §3), so projecting just those rows gives
-        the same result for a fraction of the cost; the other rows get a zero gradient, as they would anyway.
+        The op reads ``q_global`` only at global tokens (docs/attention.md, "The contract"), so projecting
+        just those rows gives the same result for a fraction of the cost; the other rows get a zero
+        gradient, as they would anyway.
         """
         batch, position = global_index
         rows = self.q_global(query[position, batch])  # [G_total, C]
