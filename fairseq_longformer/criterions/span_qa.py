@@ -40,9 +40,19 @@ def gold_mask(positions: torch.Tensor, length: int, first_only: bool) -> torch.T
     return mask.scatter_(1, columns, True)[:, :length]
 
 
+def masked_scores(logits: torch.Tensor, padding: torch.Tensor) -> torch.Tensor:
+    """float32 ``logits`` with the ``padding`` positions at -inf (outside the softmax and the argmax)."""
+    return logits.float().masked_fill(padding, float("-inf"))
+
+
 def span_nll(logits: torch.Tensor, padding: torch.Tensor, gold: torch.Tensor) -> torch.Tensor:
     """``-log sum_{gold} softmax(logits)`` per row; ``padding`` marks positions outside the softmax."""
-    log_probs = torch.log_softmax(logits.float().masked_fill(padding, float("-inf")), dim=-1)
+    return masked_span_nll(masked_scores(logits, padding), gold)
+
+
+def masked_span_nll(scores: torch.Tensor, gold: torch.Tensor) -> torch.Tensor:
+    """:func:`span_nll` of scores already through :func:`masked_scores`."""
+    log_probs = torch.log_softmax(scores, dim=-1)
     return -torch.logsumexp(log_probs.masked_fill(~gold, float("-inf")), dim=-1)
 
 
@@ -59,10 +69,11 @@ class SpanQaCriterion(FairseqCriterion):
         length = tokens.shape[1]
         losses, correct = [], []
         for index, key in enumerate(("starts", "ends")):
-            scores = logits[..., index]
-            losses.append(span_nll(scores, padding, gold_mask(sample[key], length, self.first_only)))
-            best = scores.float().masked_fill(padding, float("-inf")).argmax(-1, keepdim=True)
-            correct.append(gold_mask(sample[key], length, first_only=False).gather(1, best).sum())
+            scores = masked_scores(logits[..., index], padding)
+            every_gold = gold_mask(sample[key], length, first_only=False)  # accuracy counts any gold position
+            gold = gold_mask(sample[key], length, first_only=True) if self.first_only else every_gold
+            losses.append(masked_span_nll(scores, gold))
+            correct.append(every_gold.gather(1, scores.argmax(-1, keepdim=True)).sum())
         loss = (losses[0] + losses[1]).sum() if reduce else losses[0] + losses[1]
         rows = tokens.shape[0]
         logging_output = {
