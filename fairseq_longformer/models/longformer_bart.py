@@ -45,8 +45,6 @@ def source_global_attention_mask(src_tokens: torch.Tensor, mode: str, eos: int, 
     check_global_attention_mode(mode)
     padding = src_tokens.eq(pad)
     leading = padding.long().cumprod(dim=-1).sum(dim=-1, keepdim=True)  # [B, 1] leading pads per row
-    if not bool(leading.any()):
-        return global_attention_mask(src_tokens, mode, eos, pad)
     length = src_tokens.shape[-1]
     positions = torch.arange(length, device=src_tokens.device).unsqueeze(0)
     left_aligned = src_tokens.gather(-1, (positions + leading) % length)
