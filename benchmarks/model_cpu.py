@@ -61,7 +61,7 @@ def build_models(workdir: str, layers: int, vocab: int, positions: int, window: 
     from fairseq.dataclass.utils import convert_namespace_to_omegaconf
     from transformers import LongformerModel
 
-    from fairseq_longformer.convert_roberta import fairseq_checkpoint
+    from fairseq_longformer.conversion import fairseq_checkpoint
     from fairseq_longformer.hf import from_hf, to_hf
     from fairseq_longformer.hf.vocab import BPE_HEADER
 

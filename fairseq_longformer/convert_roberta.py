@@ -21,19 +21,15 @@ from fairseq.models.roberta import RobertaModel
 
 from data_prep.flags import add_input_output_flags
 
-from .conversion import (  # noqa: F401  ConversionError, build_from_checkpoint, fairseq_checkpoint, read_checkpoint
-    ConversionError, build_from_checkpoint, check_output, check_positions, check_windows, converted_cfg,  # and
-    copy_global_projections, extend_positions, fairseq_checkpoint, load_source_model, model_name,  # run_tool are
-    read_checkpoint, run_tool, source_positions, write_converted,  # also imported from here (hf/, benchmarks)
+from .conversion import (
+    ConversionError, check_output, check_positions, check_windows, converted_cfg, copy_global_projections,
+    extend_positions, load_source_model, model_name, run_tool, source_positions, write_converted,
 )
 
 logger = logging.getLogger("fairseq_longformer.convert_roberta")
 
 POSITIONS_KEY = "encoder.sentence_encoder.embed_positions.weight"
 ARCH_MAP = {"roberta_large": "longformer_roberta_large"}  # everything else -> longformer_roberta_base
-
-__all__ = ["ConversionError", "ConversionOptions", "build_from_checkpoint", "build_longformer", "convert",
-           "fairseq_checkpoint", "load_roberta", "main", "model_name", "read_checkpoint", "run_tool"]
 
 
 @dataclass

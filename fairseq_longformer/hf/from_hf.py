@@ -23,7 +23,7 @@ from fairseq.dataclass.utils import convert_namespace_to_omegaconf
 from data_prep.atomic import check_output_dir, staged_dir
 from data_prep.flags import add_input_output_flags
 
-from ..convert_roberta import ConversionError, fairseq_checkpoint, run_tool
+from ..conversion import ConversionError, fairseq_checkpoint, run_tool
 from . import mapping
 from .vocab import HfVocab, VocabularyError, write_dictionary
 

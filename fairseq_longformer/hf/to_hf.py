@@ -25,7 +25,7 @@ from data_prep.atomic import (
 )
 from data_prep.flags import add_input_output_flags
 
-from ..convert_roberta import (
+from ..conversion import (
     ConversionError,
     build_from_checkpoint,
     model_name,
