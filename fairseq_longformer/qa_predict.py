@@ -24,6 +24,7 @@ from data_prep.flags import run_tool
 
 from .modules.span_head import SPAN_HEAD
 from .squad_metrics import evaluate
+from .tasks.longformer_span_qa import GLOBAL_MODES
 
 logger = logging.getLogger("longformer-qa-predict")
 
@@ -151,7 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-answer-tokens", type=int, default=30, help="longest answer, in tokens")
     p.add_argument("--null-threshold", type=float,
                    help="SQuAD 2.0: answer '' when the no-answer score beats the best span by more than this")
-    p.add_argument("--global-attention", choices=("question", "none"),
+    p.add_argument("--global-attention", choices=list(GLOBAL_MODES),
                    help="override the checkpoint's --global-attention")
     p.add_argument("--batch-size", type=int, default=8, help="rows per forward pass")
     p.add_argument("--cpu", action="store_true", help="run on CPU even if a GPU is there")
