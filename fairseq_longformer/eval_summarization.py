@@ -29,6 +29,7 @@ from tqdm import tqdm
 
 import fairseq_longformer  # noqa: F401  registers the plugin, allows fairseq types in torch.load
 from data_prep.atomic import atomic_file, write_json_atomic
+from data_prep.flags import run_tool
 from data_prep.prep_summarization import SOURCE_LANG, TARGET_LANG
 from data_prep.text_tokenizer import GPT2_FILES, SPM_FILE, TokenizerSpec
 from fairseq import checkpoint_utils, utils
@@ -182,14 +183,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> dict:
-    logging.basicConfig(format="%(asctime)s | %(levelname)s | %(name)s | %(message)s", level=logging.INFO)
     args = build_parser().parse_args(argv)
     if args.beam < 1:
         raise SystemExit(f"longformer-eval-summarization: error: --beam must be >= 1, got {args.beam}")
-    try:
-        return evaluate(args)
-    except ValueError as err:
-        raise SystemExit(f"longformer-eval-summarization: error: {err}") from None
+    return run_tool("longformer-eval-summarization", lambda: evaluate(args))
 
 
 if __name__ == "__main__":

@@ -24,8 +24,9 @@ import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from ..atomic import staged_dir
+from ..atomic import staged_dir, write_json_atomic
 from ..binarized import IndexedWriter, write_dictionary
+from ..flags import run_tool
 from ..jsonl import InputError
 from ..lengths import length_stats, stats_line
 from ..parallel import ordered_map
@@ -211,7 +212,7 @@ def prepare(splits: dict[str, Path], output: Path, options: ChunkOptions, model_
         for split, path in splits.items():
             meta["splits"][split] = prepare_split(split, Path(path), staging, spec, options, vocab_size, workers,
                                                   progress)
-        (staging / "meta.json").write_text(json.dumps(meta, indent=1) + "\n", encoding="utf-8")
+        write_json_atomic(staging / "meta.json", meta)
     return meta
 
 
@@ -249,14 +250,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(format="%(asctime)s | %(levelname)s | %(name)s | %(message)s", level=logging.INFO)
     args = build_parser().parse_args(argv)
     splits = {name: getattr(args, name) for name in ("train", "valid", "test") if getattr(args, name)}
     options = ChunkOptions(args.max_positions, args.doc_stride, args.max_question_tokens, args.max_chunks)
-    try:
-        prepare(splits, args.output, options, args.model_dir, args.workers, args.overwrite, not args.no_progress)
-    except ValueError as err:  # InputError is a ValueError
-        raise SystemExit(f"longformer-prep-qa: error: {err}") from None
+    run_tool("longformer-prep-qa", lambda: prepare(splits, args.output, options, args.model_dir, args.workers,
+                                                   args.overwrite, not args.no_progress))  # InputError is a ValueError
     return 0
 
 
