@@ -3,6 +3,7 @@ DistributedDataParallel without --find-unused-parameters, task-provided global m
 
 import pytest
 import torch
+import torch.nn as nn
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 
@@ -145,25 +146,31 @@ def test_task_puts_per_token_global_mask_in_net_input(tmp_path):
         )
 
 
-def test_global_queries_are_projected_only_where_the_op_reads_them():
-    """The module projects Qg at the global tokens only; the result and the gradients are those of the
-    op fed the full projection (what the module computed before)."""
+@pytest.mark.parametrize("row0_globals, folds", [([0, 7], True), ([0, 2, 7, 11], False)])
+def test_global_rows_equal_the_op_fed_every_projection(row0_globals, folds):
+    """Whichever way the module gets the global rows (folding Kg/Vg into the global queries for few global
+    tokens, projecting only Qg's global rows for many), the output and every gradient are those of the op
+    fed all six full projections. 4 heads x 16 wide: folding while 4 * (most globals in a row) < 16."""
     from fairseq_longformer.modules.layout import merge_heads, split_heads
     from fairseq_longformer.modules.longformer_self_attention import (
         GLOBAL_PROJECTIONS, LOCAL_PROJECTIONS, LongformerSelfAttention)
     from triton_kernels import longformer_attention
 
     attention = LongformerSelfAttention(16, 4, attention_window=4, backend="dense").double()
+    for p in attention.parameters():  # biases too: the folded rows must carry them exactly
+        nn.init.normal_(p, std=0.3)
     x = torch.randn(13, 2, 16, dtype=torch.float64, requires_grad=True)
     padding = torch.zeros(2, 13, dtype=torch.bool)
     padding[1, 10:] = True
     glob = torch.zeros(2, 13, dtype=torch.bool)
-    glob[0, [0, 7]] = True
-    glob[1, 3] = True
+    glob[0, row0_globals] = True
+    glob[1, [3, 11]] = True  # 11 is padding: it counts as padding, as in the op
     upstream = torch.randn(13, 2, 16, dtype=torch.float64)
+    assert attention.folds_global_projections(len(row0_globals)) is folds
 
     def gradients(out):
-        params = [x, attention.q_global.weight, attention.k_global.weight, attention.q_proj.weight]
+        params = [x] + [p for name in LOCAL_PROJECTIONS + GLOBAL_PROJECTIONS + ("out_proj",)
+                        for p in getattr(attention, name).parameters()]
         return torch.autograd.grad((out * upstream).sum(), params)
 
     got = attention(x, key_padding_mask=padding, global_mask=glob)
@@ -174,6 +181,47 @@ def test_global_queries_are_projected_only_where_the_op_reads_them():
     torch.testing.assert_close(got, expected)
     for a, b in zip(gradients(got), gradients(expected)):
         torch.testing.assert_close(a, b)
+
+
+def test_folded_global_rows_under_dropout_carry_the_value_bias_of_the_kept_probabilities(monkeypatch):
+    """With dropout the kept probabilities no longer sum to 1, so the folded rows must add ``bv`` times their
+    sum. One fixed dropout mask (F.dropout replaced) for the folded rows and for a reference built from the
+    full Kg/Vg projections by hand."""
+    from fairseq_longformer.modules.longformer_self_attention import GlobalTokens, global_rows_folded
+
+    torch.manual_seed(0)
+    T, B, C, H, p = 11, 2, 12, 3, 0.5
+    q_global, k_global, v_global = (nn.Linear(C, C).double() for _ in range(3))
+    for layer in (k_global, v_global):
+        nn.init.normal_(layer.bias, std=1.0)
+    x = torch.randn(T, B, C, dtype=torch.float64)
+    padding = torch.zeros(B, T, dtype=torch.bool)
+    padding[1, 8:] = True
+    glob = torch.zeros(B, T, dtype=torch.bool)
+    glob[0, [1, 5]] = True
+    glob[1, 2] = True
+    keep = torch.rand(B, H * 2, T, generator=torch.Generator().manual_seed(1)) > p  # [B, H*G, T], G = 2
+
+    def fixed_dropout(probs, p, training):
+        assert training
+        return probs * keep / (1 - p)
+
+    monkeypatch.setattr(F, "dropout", fixed_dropout)
+    tokens = GlobalTokens.of(glob)
+    got = global_rows_folded(x, tokens, q_global, k_global, v_global, H, padding, dropout_p=p)
+
+    D = C // H
+    heads = lambda t: t.view(*t.shape[:-1], H, D).transpose(-2, -3)  # noqa: E731  [..., n, C] -> [..., H, n, D]
+    keys, values = heads(k_global(x.transpose(0, 1))), heads(v_global(x.transpose(0, 1)))  # [B, H, T, D]
+    expected = []
+    for b, position in zip(tokens.batch.tolist(), tokens.position.tolist()):
+        g = tokens.index[b].tolist().index(position)
+        query = q_global(x[position, b]).view(H, 1, D) * D ** -0.5
+        scores = (query @ keys[b].transpose(-1, -2))[:, 0]  # [H, T]
+        probs = torch.softmax(scores.masked_fill(padding[b], float("-inf")), dim=-1)
+        probs = probs * keep[b].view(H, 2, T)[:, g] / (1 - p)
+        expected.append((probs[:, None] @ values[b])[:, 0].reshape(C))  # [H, D] -> [C]
+    torch.testing.assert_close(got, torch.stack(expected))
 
 
 def test_the_global_path_asks_the_host_once_per_forward_not_per_layer(model_dir):

@@ -26,7 +26,7 @@ from fairseq.modules.transformer_layer import TransformerEncoderLayerBase
 from fairseq.modules.transformer_sentence_encoder import init_bert_params
 from fairseq.utils import make_positions, safe_getattr
 
-from ..modules.longformer_self_attention import LongformerSelfAttention
+from ..modules.longformer_self_attention import GlobalTokens, LongformerSelfAttention
 from ..modules.per_layer import per_layer
 from ..modules.span_head import SpanHead, upgrade_span_heads
 
@@ -76,12 +76,12 @@ class LongformerEncoderLayer(TransformerEncoderLayerBase):
             backend=self._attention_backend,
         )
 
-    def forward(self, x, encoder_padding_mask=None, global_mask=None, global_index=None):
+    def forward(self, x, encoder_padding_mask=None, global_mask=None, global_tokens=None):
         residual = x
         if self.normalize_before:
             x = self.self_attn_layer_norm(x)
         x = self.self_attn(x, key_padding_mask=encoder_padding_mask, global_mask=global_mask,
-                           global_index=global_index)
+                           global_tokens=global_tokens)
         x = self.residual_connection(self.dropout_module(x), residual)
         if not self.normalize_before:
             x = self.self_attn_layer_norm(x)
@@ -117,7 +117,7 @@ class LongformerTransformerEncoder(TransformerEncoderBase):
                 global_attention_mask=None):
         padding_mask = src_tokens.eq(self.padding_idx)
         has_pads = bool(padding_mask.any())
-        global_mask, global_index = _global_tokens(global_attention_mask, padding_mask)
+        global_mask, global_tokens = _global_tokens(global_attention_mask, padding_mask)
 
         x, embedding = self.forward_embedding(src_tokens, token_embeddings)
         if has_pads:
@@ -127,7 +127,7 @@ class LongformerTransformerEncoder(TransformerEncoderBase):
         states = [x] if return_all_hiddens else []
         for layer in self.layers:
             x = layer(x, encoder_padding_mask=padding_mask if has_pads else None, global_mask=global_mask,
-                      global_index=global_index)
+                      global_tokens=global_tokens)
             if return_all_hiddens:
                 states.append(x)
         if self.layer_norm is not None:
@@ -144,10 +144,10 @@ class LongformerTransformerEncoder(TransformerEncoderBase):
 
 
 def _global_tokens(global_attention_mask, padding_mask):
-    """Validate the user's mask -> ``(mask, mask.nonzero(as_tuple=True))``, both ``None`` when no token is global.
+    """Validate the user's mask -> ``(mask, GlobalTokens)``, both ``None`` when no token is global.
 
-    Done once for all layers: the one host sync of the global path (the layers then skip Qg/Kg/Vg for
-    an empty mask and project Qg only at these positions without asking again).
+    Done once for all layers: the host syncs of the global path (the layers then skip Qg/Kg/Vg for an
+    empty mask and find the global tokens without asking again).
     """
     if global_attention_mask is None:
         return None, None
@@ -157,8 +157,8 @@ def _global_tokens(global_attention_mask, padding_mask):
             f"got {list(global_attention_mask.shape)}"
         )
     mask = global_attention_mask.to(device=padding_mask.device, dtype=torch.bool) & ~padding_mask
-    index = mask.nonzero(as_tuple=True)
-    return (mask, index) if index[0].numel() else (None, None)
+    tokens = GlobalTokens.of(mask)
+    return (mask, tokens) if tokens.batch.numel() else (None, None)
 
 
 class LongformerRobertaEncoder(RobertaEncoder):
