@@ -20,7 +20,6 @@ import torch
 import torch.nn.functional as F
 from fairseq import hub_utils
 from fairseq.models.roberta.hub_interface import RobertaHubInterface
-from fairseq.utils import safe_getattr
 
 from .tasks.global_attention import global_attention_mask
 from .tasks.longformer_sentence_prediction import truncate_keeping_ends
@@ -36,8 +35,9 @@ class LongformerRobertaHubInterface(RobertaHubInterface):
 
     @property
     def global_attention(self) -> str:
-        """The finetuning task's ``--global-attention`` mode (``none`` for a model from another task)."""
-        return str(safe_getattr(self.task.cfg, "global_attention", None) or "none")
+        """The finetuning task's global-attention mode (``none`` for a model from another task): for span QA,
+        whose ``--global-attention question`` is the ``first-segment`` rule, the rule's name."""
+        return getattr(self.task, "global_attention_mode", "none")
 
     def global_attention_mask(self, tokens: torch.LongTensor, mode: str | None = None) -> torch.Tensor:
         """The mask the finetuning task puts on ``tokens`` (``[T]`` or padded ``[B, T]``)."""

@@ -139,3 +139,13 @@ def test_checkpoint_utils_builds_the_head_from_the_task(data, tmp_path):
     for key, value in model.state_dict().items():
         assert torch.equal(models[0].state_dict()[key], value), key
     assert loaded_task.cfg.global_attention == "question"
+
+    # The hub interface applies the task's rule (the mode 'question' is global_attention.py's 'first-segment').
+    from fairseq_longformer.hub import LongformerRobertaHubInterface
+
+    hub = LongformerRobertaHubInterface(cfg, loaded_task, models[0])
+    batch = _batch(loaded_task)
+    tokens, expected = batch["net_input"]["src_tokens"], batch["net_input"]["global_attention_mask"]
+    assert hub.global_attention == "first-segment"
+    assert torch.equal(hub.global_attention_mask(tokens).bool(), expected.bool())
+    assert expected[:, 1].all() and not expected.all()

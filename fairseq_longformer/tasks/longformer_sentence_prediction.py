@@ -126,9 +126,9 @@ class LongformerSentencePredictionTask(SentencePredictionTask):
         self._log_truncation(split, tokens.sizes)
 
         defn = {key: _swap_source(value, tokens, truncated) for key, value in nested.defn.items()}
-        if self.cfg.global_attention != "none":
+        if self.global_attention_mode != "none":
             dictionary = self.source_dictionary
-            mask = GlobalAttentionMaskDataset(truncated, str(self.cfg.global_attention), dictionary.eos(),
+            mask = GlobalAttentionMaskDataset(truncated, self.global_attention_mode, dictionary.eos(),
                                               dictionary.pad())
             defn[MASK_KEY] = RightPadDataset(mask, pad_idx=0)
         rebuilt = NestedDictionaryDataset(defn, sizes=[truncated.sizes])
@@ -136,6 +136,11 @@ class LongformerSentencePredictionTask(SentencePredictionTask):
             rebuilt = SortDataset(rebuilt, sort_order=dataset.sort_order)
         self.datasets[split] = rebuilt
         return rebuilt
+
+    @property
+    def global_attention_mode(self) -> str:
+        """``--global-attention`` (a ``global_attention.py`` mode; what the hub interface applies)."""
+        return str(self.cfg.global_attention)
 
     def _log_truncation(self, split: str, sizes) -> None:
         limit = self.max_positions()

@@ -86,7 +86,7 @@ class LongformerSpanQaTask(FairseqTask):
             raise ValueError(f"{prefix}.*: tokens, starts and ends have different row counts; re-run longformer-prep-qa")
         pad, eos = self.dictionary.pad(), self.dictionary.eos()
         net_input = {"src_tokens": RightPadDataset(tokens, pad_idx=pad)}
-        mode = GLOBAL_MODES[self.cfg.global_attention]
+        mode = self.global_attention_mode
         if mode != "none":
             net_input["global_attention_mask"] = RightPadDataset(
                 GlobalAttentionMaskDataset(tokens, mode, eos, pad), pad_idx=0)
@@ -118,6 +118,11 @@ class LongformerSpanQaTask(FairseqTask):
 
     def max_positions(self):
         return self.meta["max_positions"]
+
+    @property
+    def global_attention_mode(self) -> str:
+        """``--global-attention`` as a ``global_attention.py`` mode (what the hub interface applies)."""
+        return GLOBAL_MODES[self.cfg.global_attention]
 
     @property
     def source_dictionary(self):
