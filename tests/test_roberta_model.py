@@ -149,8 +149,8 @@ def test_task_puts_per_token_global_mask_in_net_input(tmp_path):
 @pytest.mark.parametrize("row0_globals, folds", [([0, 7], True), ([0, 2, 7, 11], False)])
 def test_global_rows_equal_the_op_fed_every_projection(row0_globals, folds):
     """Whichever way the module gets the global rows (folding Kg/Vg into the global queries for few global
-    tokens, projecting only Qg's global rows for many), the output and every gradient are those of the op
-    fed all six full projections. 4 heads x 16 wide: folding while 4 * (most globals in a row) < 16."""
+    tokens, projecting only Qg's global rows for many or in half precision), the output and every gradient are
+    those of the op fed all six full projections. 4 heads x 16 wide: folding while 4 * (most globals in a row) < 16."""
     from fairseq_longformer.modules.layout import merge_heads, split_heads
     from fairseq_longformer.modules.longformer_self_attention import (
         GLOBAL_PROJECTIONS, LOCAL_PROJECTIONS, LongformerSelfAttention)
@@ -166,7 +166,8 @@ def test_global_rows_equal_the_op_fed_every_projection(row0_globals, folds):
     glob[0, row0_globals] = True
     glob[1, [3, 11]] = True  # 11 is padding: it counts as padding, as in the op
     upstream = torch.randn(13, 2, 16, dtype=torch.float64)
-    assert attention.folds_global_projections(len(row0_globals)) is folds
+    assert attention.folds_global_projections(len(row0_globals), torch.float64) is folds
+    assert not attention.folds_global_projections(1, torch.bfloat16)  # half precision projects
 
     def gradients(out):
         params = [x] + [p for name in LOCAL_PROJECTIONS + GLOBAL_PROJECTIONS + ("out_proj",)

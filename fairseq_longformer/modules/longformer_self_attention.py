@@ -99,7 +99,7 @@ class LongformerSelfAttention(nn.Module):
         if global_tokens is None:  # a global token that is also padding counts as padding (the op's rule)
             global_tokens = GlobalTokens.of(global_mask if key_padding_mask is None else global_mask & ~key_padding_mask)
         tokens = global_tokens
-        if self.folds_global_projections(tokens.most_per_row):
+        if self.folds_global_projections(tokens.most_per_row, q.dtype):
             # The op's own global rows come from stand-ins (the local q, k, v: free) and are replaced.
             out = merge_heads(self._attention(q, k, v, key_padding_mask, dropout_p, global_mask,
                                               q_global=q, k_global=k, v_global=v))
@@ -116,10 +116,12 @@ class LongformerSelfAttention(nn.Module):
             out = merge_heads(self._attention(q, k, v, key_padding_mask, dropout_p, global_mask, **global_qkv))
         return self.out_proj(out)
 
-    def folds_global_projections(self, most_per_row: int) -> bool:
+    def folds_global_projections(self, most_per_row: int, dtype: torch.dtype) -> bool:
         """Folding costs ~``T*C*H*G`` per row against ``T*C*C`` for projecting keys and values: cheaper
-        while ``H * G < C`` (fewer than 64 global tokens a row at base size)."""
-        return self.num_heads * most_per_row < self.embed_dim
+        while ``H * G < C`` (fewer than 64 global tokens a row at base size). Not in half precision, where
+        the folded scores would be rounded to it before the softmax (the op keeps scores in float32)."""
+        full_precision = dtype in (torch.float32, torch.float64)
+        return full_precision and self.num_heads * most_per_row < self.embed_dim
 
     def _attention(self, q, k, v, key_padding_mask, dropout_p, global_mask=None, **global_qkv):
         return longformer_attention(q, k, v, self.attention_window, key_padding_mask=key_padding_mask,
