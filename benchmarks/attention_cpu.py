@@ -12,7 +12,7 @@ the ratios compare runs made at the same moment of a shared machine's load.
 
 Peak memory is the rise of the process's peak RSS over the live inputs while one call runs, read
 from /proc (VmHWM reset through clear_refs). glibc is told to serve large blocks by mmap so that freed
-tensors return to the OS and do not hide the next call's peak.
+tensors return to the OS and do not hide the next call's peak (for the whole run, timings included).
 
     python benchmarks/attention_cpu.py                 # T = 1024, 4096, 16384 (several minutes)
     python benchmarks/attention_cpu.py --quick         # T = 1024, 2048, a minute
@@ -131,13 +131,14 @@ IMPLEMENTATIONS = {
 
 # ---------------------------------------------------------------- measurement
 
-def _libc():
-    libc = ctypes.CDLL("libc.so.6")
-    libc.mallopt(-3, 256 * 1024)  # M_MMAP_THRESHOLD fixed at 256 KiB: big blocks go back to the OS
-    return libc
+LIBC = ctypes.CDLL("libc.so.6")
 
 
-LIBC = _libc()
+def mmap_large_blocks() -> None:
+    """Make glibc serve every block over 256 KiB by mmap, so that freed tensors go back to the OS and do not
+    hide the next call's peak (``peak_mib``). Each large allocation then page-faults fresh memory, which
+    also slows every timed call after it: ``model_cpu.py`` measures memory in a child process for that."""
+    LIBC.mallopt(-3, 256 * 1024)  # M_MMAP_THRESHOLD, fixed (no longer glibc's adaptive default)
 
 
 def _rss_kib(field):
@@ -315,6 +316,7 @@ def main(argv=None):
     if args.quick:
         args.lengths, args.repeats = [1024, 2048], 2
     torch.set_num_threads(args.threads)
+    mmap_large_blocks()
 
     configs = {"plain": [1] * HEADS, "dilation2x2": [1] * (HEADS - 2) + [2, 2]}
     rows = {}

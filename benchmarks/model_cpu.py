@@ -13,8 +13,12 @@ RoBERTa's 50,265-entry vocabulary, dropout 0) gets random weights (fairseq's BER
 Input: one sequence of T random tokens with ``<s>`` first and global attention on it (as every finetuning
 task has it). Inference is a forward under ``no_grad``; training is forward + backward of a fixed random
 projection of the output (parameter gradients included, no optimizer). Times are medians over ``--rounds``
-interleaved rounds (each row once per round), wall and process-CPU seconds; peak memory is the rise of the
-process's peak RSS during one call (``attention_cpu.peak_mib``), measured first (it doubles as warm-up).
+interleaved rounds (each row once per round) after one warm-up call, wall and process-CPU seconds, with
+glibc's default allocator (what a user's process has). Peak memory is the rise of the process's peak RSS
+during one call (``attention_cpu.peak_mib``), measured first, in a child process that builds the same
+models: it needs glibc to return every freed large block to the OS (``attention_cpu.mmap_large_blocks``),
+which makes every large allocation page-fault fresh memory and would slow the timed calls (training
+1.2-1.3x here, ours more than window0, since its attention allocates more large temporaries).
 
     python benchmarks/model_cpu.py                        # T = 1024, 4096, 3 rounds (about an hour here)
     python benchmarks/model_cpu.py --lengths 1024 --rounds 1 --layers 2   # smoke run
@@ -30,6 +34,7 @@ import logging
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -39,7 +44,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from attention_cpu import peak_mib, save_length_plots  # noqa: E402  (also makes glibc return freed blocks to the OS)
+from attention_cpu import mmap_large_blocks, peak_mib, save_length_plots  # noqa: E402
 
 from data_prep.atomic import write_json_atomic, write_text_atomic  # noqa: E402
 
@@ -104,7 +109,8 @@ def forward_fn(name, model, tokens, glob):
     return lambda: model.extract_features(tokens, global_attention_mask=glob)[0]
 
 
-def measure(models, T, vocab, rounds):
+def workload(models, T, vocab):
+    """The calls to time: ``{(row, mode): run}``, and each row's inference output."""
     generator = torch.Generator().manual_seed(T)
     tokens = torch.randint(4, vocab - 1, (1, T), generator=generator)
     tokens[0, 0], tokens[0, -1] = 0, 2  # <s> ... </s>
@@ -127,10 +133,33 @@ def measure(models, T, vocab, rounds):
 
         runs[name, "fwd"], runs[name, "train"] = infer, train
         outputs[name] = infer()
-    results = {key: {} for key in runs}
+    return runs, outputs
+
+
+def measure_memory(models, T, vocab) -> dict:
+    """Peak MiB of each call (run in the child process, where large blocks are mmap'd)."""
+    runs, _ = workload(models, T, vocab)
+    peaks = {}
+    for (name, mode), run in runs.items():
+        print(f"  T={T} memory: {name} {mode} ...", file=sys.stderr, flush=True)
+        peaks[f"{name} {mode}"] = peak_mib(run)
+    return peaks
+
+
+def memory_in_child(args) -> dict:
+    """``{T: {"row mode": MiB}}`` from a child process running this script with ``--memory-only``."""
+    command = [sys.executable, __file__, "--memory-only", "--lengths", *map(str, args.lengths),
+               "--threads", str(args.threads), "--layers", str(args.layers), "--window", str(args.window)]
+    child = subprocess.run(command, stdout=subprocess.PIPE, text=True, check=True)
+    return {int(T): peaks for T, peaks in json.loads(child.stdout.splitlines()[-1]).items()}
+
+
+def measure(models, T, vocab, rounds, peaks):
+    runs, outputs = workload(models, T, vocab)
+    results = {key: {"mib": peaks[f"{key[0]} {key[1]}"]} for key in runs}
     for key, run in runs.items():
-        print(f"  T={T} memory (and warm-up): {key[0]} {key[1]} ...", file=sys.stderr, flush=True)
-        results[key]["mib"] = peak_mib(run)
+        print(f"  T={T} warm-up: {key[0]} {key[1]} ...", file=sys.stderr, flush=True)
+        run()
     for mode in MODES:
         wall, cpu = {n: [] for n in models}, {n: [] for n in models}
         for r in range(rounds):
@@ -166,7 +195,8 @@ def report(results, diffs, args, wall_total) -> str:
         f"{time.strftime('%Y-%m-%d')}, {platform.processor() or platform.machine()} ({_cpu_name()}), "
         f"{args.threads} thread(s), torch {torch.__version__}, transformers {_transformers_version()}; "
         f"{args.layers} layers x 768 hidden, 12 heads, window {args.window}, global attention on <s>; "
-        f"median of {args.rounds} interleaved round(s); whole run {wall_total / 60:.1f} min.",
+        f"median of {args.rounds} interleaved round(s) after a warm-up, glibc's default allocator; peak memory "
+        f"from a child process with large blocks mmap'd; whole run {wall_total / 60:.1f} min.",
         "",
         "| T | row | fwd s (range) | fwd CPU s | fwd peak MiB | fwd+bwd s (range) | fwd+bwd CPU s | fwd+bwd peak MiB |",
         "|---|---|---|---|---|---|---|---|",
@@ -222,17 +252,25 @@ def main(argv=None):
     parser.add_argument("--layers", type=int, default=12)
     parser.add_argument("--window", type=int, default=512)
     parser.add_argument("--out", type=Path, default=RESULTS / "model_cpu", help="prefix of the .md/.json/.png")
+    parser.add_argument("--memory-only", action="store_true", help=argparse.SUPPRESS)  # the child process
     args = parser.parse_args(argv)
     args.argv = sys.argv[1:] if argv is None else list(argv)
     torch.set_num_threads(args.threads)
     logging.disable(logging.INFO)  # fairseq's and transformers' loading chatter; progress goes to stderr
     start = time.perf_counter()
     vocab, positions = 50265, max(4096, max(args.lengths))
-    results, diffs = {}, {}
+    if args.memory_only:
+        mmap_large_blocks()
+    else:
+        peaks = memory_in_child(args)  # first, alone: the timed runs below keep the machine to themselves
     with tempfile.TemporaryDirectory() as workdir:
         models = build_models(workdir, args.layers, vocab, positions, args.window)
+    if args.memory_only:
+        print(json.dumps({T: measure_memory(models, T, vocab) for T in args.lengths}))
+        return
+    results, diffs = {}, {}
     for T in args.lengths:
-        results[T], diffs[T] = measure(models, T, vocab, args.rounds)
+        results[T], diffs[T] = measure(models, T, vocab, args.rounds, peaks[T])
     text = report(results, diffs, args, time.perf_counter() - start)
     print(text)
     args.out.parent.mkdir(parents=True, exist_ok=True)
