@@ -17,8 +17,8 @@ interleaved rounds (each row once per round) after one warm-up call, wall and pr
 glibc's default allocator (what a user's process has). Peak memory is the rise of the process's peak RSS
 during one call (``attention_cpu.peak_mib``), measured first, in a child process that builds the same
 models: it needs glibc to return every freed large block to the OS (``attention_cpu.mmap_large_blocks``),
-which makes every large allocation page-fault fresh memory and would slow the timed calls (training
-1.2-1.3x here, ours more than window0, since its attention allocates more large temporaries).
+which makes every large allocation page-fault fresh memory and slowed the timed calls 1.2-1.9x here
+(benchmarks/results/model_cpu_mmap_timing.md).
 
     python benchmarks/model_cpu.py                        # T = 1024, 4096, 3 rounds (about an hour here)
     python benchmarks/model_cpu.py --lengths 1024 --rounds 1 --layers 2   # smoke run
