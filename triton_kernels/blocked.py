@@ -30,7 +30,7 @@ from .masks import band, global_positions, in_window, reaches
 # T = 4,096, forward and forward+backward: reach/2 was best or within 15% of the best block for windows 256,
 # 512 and 1,024 (at window 512 the earlier rule, block = reach, took 1.07x the time forward and 1.2x
 # forward+backward). Causal windows 128 and 256 (8 heads): forward within noise, forward+backward 1.15-1.2x
-# faster than with block = reach, and 1.1-1.25x with dropout (the SDPA path).
+# faster than with block = reach, and 1.1-1.3x with dropout (the SDPA path).
 MIN_BLOCK = 32
 MAX_BLOCK = 256
 
