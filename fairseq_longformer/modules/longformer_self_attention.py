@@ -35,7 +35,6 @@ class GlobalTokens:
     (``[B, G]``, G the largest count of a row) hold each row's positions left-aligned, fill entries invalid.
     """
 
-    mask: torch.Tensor
     batch: torch.Tensor
     position: torch.Tensor
     index: torch.Tensor
@@ -43,7 +42,7 @@ class GlobalTokens:
 
     @classmethod
     def of(cls, mask: torch.Tensor) -> "GlobalTokens":
-        return cls(mask, *mask.nonzero(as_tuple=True), *global_positions(mask))
+        return cls(*mask.nonzero(as_tuple=True), *global_positions(mask))
 
     @property
     def most_per_row(self) -> int:
@@ -98,18 +97,17 @@ class LongformerSelfAttention(nn.Module):
 
         if global_tokens is None:  # a global token that is also padding counts as padding (the op's rule)
             global_tokens = GlobalTokens.of(global_mask if key_padding_mask is None else global_mask & ~key_padding_mask)
-        tokens = global_tokens
-        if self.folds_global_projections(tokens.most_per_row, q.dtype):
+        if self.folds_global_projections(global_tokens.most_per_row, q.dtype):
             # The op's own global rows come from stand-ins (the local q, k, v: free) and are replaced.
             out = merge_heads(self._attention(q, k, v, key_padding_mask, dropout_p, global_mask,
                                               q_global=q, k_global=k, v_global=v))
-            rows = global_rows_folded(query, tokens, self.q_global, self.k_global, self.v_global, self.num_heads,
-                                      key_padding_mask, dropout_p)
-            out = out.index_put((tokens.position, tokens.batch), rows)
+            rows = global_rows_folded(query, global_tokens, self.q_global, self.k_global, self.v_global,
+                                      self.num_heads, key_padding_mask, dropout_p)
+            out = out.index_put((global_tokens.position, global_tokens.batch), rows)
         else:
             # the op's keyword names are the same as the projections' ("q_global", ...)
             global_qkv = {
-                "q_global": split_heads(self._global_queries(query, tokens), self.num_heads),
+                "q_global": split_heads(self._global_queries(query, global_tokens), self.num_heads),
                 "k_global": split_heads(self.k_global(query), self.num_heads),
                 "v_global": split_heads(self.v_global(query), self.num_heads),
             }
