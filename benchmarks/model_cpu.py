@@ -148,18 +148,18 @@ def measure_memory(models, T, vocab) -> dict:
 
 def memory_in_child(args) -> dict:
     """``{T: {"row mode": MiB}}`` from a child process running this script with ``--memory-only``."""
-    command = [sys.executable, __file__, "--memory-only", "--lengths", *map(str, args.lengths),
-               "--threads", str(args.threads), "--layers", str(args.layers), "--window", str(args.window)]
-    child = subprocess.run(command, stdout=subprocess.PIPE, text=True, check=True)
+    child = subprocess.run([sys.executable, __file__, *args.argv, "--memory-only"], stdout=subprocess.PIPE,
+                           text=True, check=True)
     return {int(T): peaks for T, peaks in json.loads(child.stdout.splitlines()[-1]).items()}
 
 
 def measure(models, T, vocab, rounds, peaks):
     runs, outputs = workload(models, T, vocab)
     results = {key: {"mib": peaks[f"{key[0]} {key[1]}"]} for key in runs}
-    for key, run in runs.items():
-        print(f"  T={T} warm-up: {key[0]} {key[1]} ...", file=sys.stderr, flush=True)
-        run()
+    for (name, mode), run in runs.items():
+        if mode == "train":  # workload() already ran each inference once
+            print(f"  T={T} warm-up: {name} {mode} ...", file=sys.stderr, flush=True)
+            run()
     for mode in MODES:
         wall, cpu = {n: [] for n in models}, {n: [] for n in models}
         for r in range(rounds):
